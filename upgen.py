@@ -1,0 +1,247 @@
+"""UPGen: one masked transformer over image tokens and text tokens, and its training objective.
+
+An image (as VQGAN codes) and its caption form one sequence; the model learns to predict masked tokens
+of either modality, which makes it both a representation learner (probe.py) and a generator (sample.py).
+Read this file top to bottom: config, masking, transformer, loss. `python upgen.py` prints the
+parameter counts of the laptop default and of the paper's ViT-L. Next read train.py.
+"""
+import math
+from dataclasses import dataclass
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+import data
+
+# What kind of example a sequence is; it decides its mask ratio and its text weight.
+PAIRED, IMAGE_ONLY, TEXT_ONLY = 0, 1, 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class UPGenConfig:
+    image_codes: int                   # VQGAN codebook size; image code c is token id c
+    image_tokens: int = 64             # image tokens per example (8x8 for 64x64 shapes pictures)
+    text_vocab: int                    # data.Tokenizer.vocab_size; text token t is id image_codes + t
+    text_tokens: int = 16              # text tokens per example (the tokenizer's padded length)
+    width: int = 192                   # residual stream width
+    depth: int = 4                     # transformer blocks
+    heads: int = 6                     # attention heads (width // heads per head)
+    mlp: int = 768                     # hidden units of each block's MLP
+    compute_dtype: str = "float32"     # matmul dtype: "bfloat16" on accelerators; params and loss stay float32
+    image_weight: float = 1.0          # loss weight of a masked image token
+    paired_text_weight: float = 0.1    # ... of a masked caption token (text that comes with an image)
+    unpaired_text_weight: float = 0.01 # ... of a masked token of text-only data
+    text_mask_ratio: float = 0.15      # fixed mask ratio of text-only examples, as in BERT
+
+    @property
+    def seq_len(self) -> int:
+        return self.image_tokens + self.text_tokens
+
+    @property
+    def vocab_size(self) -> int:
+        return self.image_codes + self.text_vocab
+
+    @property
+    def pad_id(self) -> int:
+        return self.image_codes + data.PAD
+
+    @property
+    def mask_id(self) -> int:
+        return self.image_codes + data.MASK
+
+
+# The paper's model: ViT-Large over 16x16 MaskGIT VQGAN tokens. The text side is our assumption:
+# BERT's 30522-wordpiece vocabulary and 64 text tokens.
+VIT_L = UPGenConfig(image_codes=1024, image_tokens=256, text_vocab=30522, text_tokens=64,
+                    width=1024, depth=24, heads=16, mlp=4096, compute_dtype="bfloat16")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sequences and masking
+
+
+def make_sequence(image_ids, text_ids, cfg: UPGenConfig):
+    """Joins image codes (..., Ni) and text ids (..., Nt) into model tokens (..., L); None = missing (PAD)."""
+    if image_ids is None and text_ids is None:
+        raise ValueError("make_sequence needs image ids, text ids, or both")
+    batch = (image_ids if image_ids is not None else text_ids).shape[:-1]
+    if image_ids is None:
+        image_ids = jnp.full((*batch, cfg.image_tokens), cfg.pad_id, jnp.int32)
+    elif image_ids.shape[-1] != cfg.image_tokens:
+        raise ValueError(f"got {image_ids.shape[-1]} image tokens, the config expects {cfg.image_tokens}")
+    if text_ids is None:
+        text_ids = jnp.full((*batch, cfg.text_tokens), cfg.pad_id, jnp.int32)
+    elif text_ids.shape[-1] != cfg.text_tokens:
+        raise ValueError(f"got {text_ids.shape[-1]} text tokens, the config expects {cfg.text_tokens}")
+    else:
+        text_ids = jnp.asarray(text_ids, jnp.int32) + cfg.image_codes  # text ids live after the image codes
+    return jnp.concatenate([jnp.asarray(image_ids, jnp.int32), text_ids], axis=-1)  # (..., L)
+
+
+def mask_one(tokens, kind, cfg: UPGenConfig, *, key):
+    """Chooses which real tokens of one sequence (L,) to hide; returns (inputs (L,), masked bool (L,))."""
+    ratio_key, round_key, order_key = jax.random.split(key, 3)
+    real = tokens != cfg.pad_id                                              # (L,)
+    n_real = real.sum()
+    # Paired and image-only examples draw their ratio in (0, 1], so the model sees everything from
+    # "fill in one token" to "generate from nothing"; text-only data uses BERT's fixed ratio.
+    uniform = 1.0 - jax.random.uniform(ratio_key)                            # (0, 1]
+    ratio = jnp.where(kind == TEXT_ONLY, cfg.text_mask_ratio, uniform)
+    # Stochastic rounding keeps the expected count at ratio * n_real (plain rounding would mask 1 of an
+    # 8-word caption, 12.5%, instead of 15%); at least one real token is always masked.
+    count = jnp.floor(ratio * n_real + jax.random.uniform(round_key))
+    count = jnp.clip(count, 1, n_real)
+    # Mask the `count` real tokens with the smallest random scores; PAD scores +inf, so is never chosen.
+    scores = jnp.where(real, jax.random.uniform(order_key, tokens.shape), jnp.inf)
+    rank = jnp.argsort(jnp.argsort(scores))                                  # (L,) 0 = smallest score
+    masked = rank < count
+    return jnp.where(masked, cfg.mask_id, tokens), masked
+
+
+def mask_tokens(tokens, kinds, cfg: UPGenConfig, *, key):
+    """Masks a batch: tokens (B, L), kinds (B,) -> (inputs (B, L), masked bool (B, L)); pure in key."""
+    keys = jax.random.split(key, tokens.shape[0])
+    return jax.vmap(lambda t, k, kk: mask_one(t, k, cfg, key=kk))(tokens, kinds, keys)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The transformer
+
+
+def dense(layer: eqx.nn.Linear, x, dtype):
+    """x (L, in) @ W.T + b in the compute dtype, accumulated and returned in float32: (L, out)."""
+    y = jnp.dot(x.astype(dtype), layer.weight.T.astype(dtype), preferred_element_type=jnp.float32)
+    return y + layer.bias
+
+
+def sinusoidal_positions(length: int, width: int):
+    """Fixed sine/cosine position embeddings of the original Transformer: (length, width)."""
+    position = jnp.arange(length)[:, None]                                  # (L, 1)
+    frequency = jnp.exp(-math.log(10000.0) * jnp.arange(0, width, 2) / width)  # (width/2,)
+    angle = position * frequency                                            # (L, width/2)
+    return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=-1)       # (L, width)
+
+
+class Block(eqx.Module):
+    """One pre-LN transformer block: x + attention(norm(x)), then x + MLP(norm(x))."""
+    norm1: eqx.nn.LayerNorm
+    qkv: eqx.nn.Linear
+    proj: eqx.nn.Linear
+    norm2: eqx.nn.LayerNorm
+    fc1: eqx.nn.Linear
+    fc2: eqx.nn.Linear
+    heads: int = eqx.field(static=True)
+
+    def __init__(self, cfg: UPGenConfig, *, key):
+        qkv_key, proj_key, fc1_key, fc2_key = jax.random.split(key, 4)
+        self.norm1 = eqx.nn.LayerNorm(cfg.width)
+        self.qkv = eqx.nn.Linear(cfg.width, 3 * cfg.width, key=qkv_key)
+        self.proj = eqx.nn.Linear(cfg.width, cfg.width, key=proj_key)
+        self.norm2 = eqx.nn.LayerNorm(cfg.width)
+        self.fc1 = eqx.nn.Linear(cfg.width, cfg.mlp, key=fc1_key)
+        self.fc2 = eqx.nn.Linear(cfg.mlp, cfg.width, key=fc2_key)
+        self.heads = cfg.heads
+
+    def __call__(self, x, real, dtype):
+        """x (L, D) float32, real bool (L,): keys that are not PAD. Returns (L, D) float32."""
+        L, D = x.shape
+        h = jax.vmap(self.norm1)(x)
+        q, k, v = jnp.split(dense(self.qkv, h, dtype), 3, axis=-1)         # 3 x (L, D)
+        q, k, v = (t.reshape(L, self.heads, D // self.heads) for t in (q, k, v))  # (L, H, D/H)
+        scores = jnp.einsum("qhd,khd->hqk", q.astype(dtype), k.astype(dtype),
+                            preferred_element_type=jnp.float32)             # (H, L, L)
+        scores = scores / math.sqrt(D // self.heads)
+        # Bidirectional attention that never looks at PAD, so padding cannot change real positions.
+        scores = jnp.where(real[None, None, :], scores, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(scores, axis=-1)                           # (H, L, L) float32
+        out = jnp.einsum("hqk,khd->qhd", weights.astype(dtype), v.astype(dtype),
+                         preferred_element_type=jnp.float32).reshape(L, D)  # (L, D)
+        x = x + dense(self.proj, out, dtype)
+        h = jax.vmap(self.norm2)(x)
+        return x + dense(self.fc2, jax.nn.gelu(dense(self.fc1, h, dtype)), dtype)  # (L, D)
+
+
+class UPGen(eqx.Module):
+    """Tokens (L,) -> logits over the shared vocabulary (L, V); works on one example (vmap for batches)."""
+    embed: eqx.nn.Embedding      # shared by image codes, text tokens, [PAD] and [MASK]
+    modality: jax.Array          # (2, D) learnable type embedding: row 0 image slots, row 1 text slots
+    blocks: Block                # `depth` blocks stacked along a leading axis, run with lax.scan
+    norm: eqx.nn.LayerNorm
+    head: eqx.nn.Linear
+    cfg: UPGenConfig = eqx.field(static=True)
+
+    def __init__(self, cfg: UPGenConfig, *, key):
+        embed_key, modality_key, blocks_key, head_key = jax.random.split(key, 4)
+        self.embed = eqx.nn.Embedding(cfg.vocab_size, cfg.width, key=embed_key)
+        self.modality = jax.random.normal(modality_key, (2, cfg.width))
+        # Stacked blocks: one set of arrays with a leading `depth` axis, so the compiled program holds
+        # one block whatever the depth (ViT-L compiles as fast as the laptop model).
+        block_keys = jax.random.split(blocks_key, cfg.depth)
+        self.blocks = eqx.filter_vmap(lambda k: Block(cfg, key=k))(block_keys)
+        self.norm = eqx.nn.LayerNorm(cfg.width)
+        self.head = eqx.nn.Linear(cfg.width, cfg.vocab_size, key=head_key)
+        self.cfg = cfg
+
+    def __call__(self, tokens, *, hidden=False):
+        """tokens int32 (L,) -> logits float32 (L, V); with hidden=True also (depth, L, D) block outputs."""
+        cfg, dtype = self.cfg, jnp.dtype(self.cfg.compute_dtype)
+        slot_modality = (jnp.arange(cfg.seq_len) >= cfg.image_tokens).astype(jnp.int32)  # (L,) 0 image, 1 text
+        x = jax.vmap(self.embed)(tokens)                                    # (L, D)
+        x = x + sinusoidal_positions(cfg.seq_len, cfg.width) + self.modality[slot_modality]
+        real = tokens != cfg.pad_id                                         # (L,)
+
+        arrays, static = eqx.partition(self.blocks, eqx.is_array)
+
+        def step(x, block_arrays):
+            x = eqx.combine(block_arrays, static)(x, real, dtype)
+            return x, x
+
+        x, hiddens = jax.lax.scan(step, x, arrays)                          # (L, D), (depth, L, D)
+        logits = dense(self.head, jax.vmap(self.norm)(x), dtype)            # (L, V) float32
+        return (logits, hiddens) if hidden else logits
+
+
+def count_params(model) -> int:
+    """Number of float parameters; works on real models and on eqx.filter_eval_shape skeletons."""
+    leaves = jax.tree.leaves(eqx.filter(model, lambda x: hasattr(x, "dtype")))
+    return sum(math.prod(x.shape) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The objective
+
+
+def loss_fn(model: UPGen, tokens, kinds, *, key):
+    """Masked token prediction on a batch: tokens (B, L), kinds (B,) -> (loss f32, metrics dict)."""
+    cfg = model.cfg
+    inputs, masked = mask_tokens(tokens, kinds, cfg, key=key)              # (B, L), (B, L)
+    logits = jax.vmap(model)(inputs)                                        # (B, L, V) float32
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    ce = -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]  # (B, L)
+
+    is_image = jnp.arange(cfg.seq_len) < cfg.image_tokens                 # (L,)
+    text_weight = jnp.where(kinds == TEXT_ONLY, cfg.unpaired_text_weight, cfg.paired_text_weight)  # (B,)
+    weight = jnp.where(is_image[None, :], cfg.image_weight, text_weight[:, None])  # (B, L)
+    weight = weight * masked
+    # Normalise by the NUMBER of masked tokens, not by the sum of weights: then a weight is a fixed
+    # per-token importance, as in the paper (a caption token counts 0.1 of an image token, text-only
+    # data 0.01, whatever the batch holds); dividing by the weight sum would cancel the weights in a
+    # batch of one kind. With all weights 1 this is plain masked cross-entropy.
+    loss = (weight * ce).sum() / jnp.maximum(masked.sum(), 1)
+
+    correct = (logits.argmax(-1) == tokens) & masked                        # (B, L)
+    image_masked, text_masked = masked & is_image, masked & ~is_image
+    metrics = {
+        "image_acc": (correct & is_image).sum() / jnp.maximum(image_masked.sum(), 1),
+        "text_acc": (correct & ~is_image).sum() / jnp.maximum(text_masked.sum(), 1),
+    }
+    return loss, metrics
+
+
+if __name__ == "__main__":
+    for name, cfg in [("laptop default (shapes)", UPGenConfig(image_codes=512, text_vocab=320)),
+                      ("paper ViT-L", VIT_L)]:
+        model = eqx.filter_eval_shape(UPGen, cfg, key=jax.random.key(0))
+        print(f"{name}: {count_params(model) / 1e6:.2f}M parameters, "
+              f"{count_params(model.blocks) / 1e6:.2f}M in the transformer blocks")
