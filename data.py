@@ -1,0 +1,352 @@
+"""Data for upgen: the shapes world, image-text files on disk, the text tokenizer, checkpoint files.
+
+The shapes world (spec: ../shared/SHAPES.md) is a tiny synthetic image-text world, rendered here with
+pillow, that lets every part of upgen train and be checked on a laptop CPU in minutes.
+
+    python data.py --bench      # time rendering 10,000 shapes examples on one core
+    python data.py --show 8     # write shapes.png with 8 examples and print their captions
+
+Read next: vqgan.py (pictures -> tokens), then upgen.py (the model).
+"""
+
+import argparse
+import io
+import json
+import os
+import re
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import equinox as eqx
+import numpy as np
+from PIL import Image, ImageDraw
+
+# ----------------------------------------------------------------------------------------------
+# The shapes world
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = ("red", "orange", "yellow", "green", "blue", "purple")
+SIZES = ("large", "small")
+POSITIONS = ("top left", "top right", "bottom left", "bottom right", "center")
+LABELS = ("shape", "colour", "size", "position")
+
+RGB = np.array([(220, 30, 30), (245, 140, 20), (235, 210, 20), (40, 170, 60), (30, 80, 220), (140, 40, 200)])
+SPAN = ((0.40, 0.45), (0.20, 0.25))  # shape width as a fraction of the picture, per size
+ANCHORS = np.array([(0.3, 0.3), (0.7, 0.3), (0.3, 0.7), (0.7, 0.7), (0.5, 0.5)])  # (x, y) fractions
+SUPERSAMPLE = 4  # draw at 4x and downscale: pillow's polygons are not anti-aliased by themselves
+
+
+@dataclass(frozen=True)
+class ShapesConfig:
+    image_size: int = 64  # pictures are image_size x image_size RGB
+    jitter: int = 3  # the shape's centre moves up to this many pixels from its anchor
+
+
+def _outline(shape, box):
+    """The shape inside box = (x0, y0, x1, y1) as (draw method name, its xy argument)."""
+    x0, y0, x1, y1 = box
+    if shape == 0:
+        return "ellipse", box
+    if shape == 1:
+        return "rectangle", box
+    return "polygon", [((x0 + x1) / 2, y0), (x1, y1), (x0, y1)]  # upright, apex at the top
+
+
+def render(labels, rng, cfg=ShapesConfig()):
+    """One picture of labels = (shape, colour, size, position) -> uint8 (S, S, 3)."""
+    shape, colour, size, position = (int(v) for v in labels)
+    big = cfg.image_size * SUPERSAMPLE
+    background = int(rng.integers(228, 251))
+    grey = tuple(int(np.clip(background + d, 0, 255)) for d in rng.integers(-3, 4, size=3))
+    picture = Image.new("RGB", (big, big), grey)
+    width = rng.uniform(*SPAN[size]) * big
+    centre = ANCHORS[position] * big + rng.integers(-cfg.jitter, cfg.jitter + 1, size=2) * SUPERSAMPLE
+    box = (*(centre - width / 2), *(centre + width / 2))
+    method, xy = _outline(shape, box)
+    getattr(ImageDraw.Draw(picture), method)(xy, fill=tuple(int(c) for c in RGB[colour]))
+    return np.asarray(picture.resize((cfg.image_size,) * 2, Image.Resampling.BOX))
+
+
+def canonical_caption(labels):
+    shape, colour, size, position = (int(v) for v in labels)
+    return f"a {SIZES[size]} {COLOURS[colour]} {SHAPES[shape]} in the {POSITIONS[position]}"
+
+
+# Other phrasings, so that the model learns the words rather than one template.
+SYNONYMS = {"large": ("large", "big"), "small": ("small", "little"), "center": ("center", "middle"),
+            "top": ("top", "upper"), "bottom": ("bottom", "lower")}
+TEMPLATES = (
+    "a {size} {colour} {shape} in the {position}",
+    "a {size} {colour} {shape} at the {position}",
+    "there is a {size} {colour} {shape} in the {position}",
+    "in the {position} there is a {size} {colour} {shape}",
+    "a {colour} {shape} , {size} , in the {position}",
+    "the {shape} is {colour} and {size} , {position}",
+)
+
+
+def varied_caption(labels, rng):
+    shape, colour, size, position = (int(v) for v in labels)
+    pick = lambda word: str(rng.choice(SYNONYMS.get(word, (word,))))  # noqa: E731
+    template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+    return template.format(size=pick(SIZES[size]), colour=COLOURS[colour], shape=SHAPES[shape],
+                           position=" ".join(pick(w) for w in POSITIONS[position].split()))
+
+
+def shapes(n, seed, varied=True, cfg=ShapesConfig()):
+    """n examples -> (images uint8 (n, S, S, 3), captions, labels int32 (n, 4)); same seed, same data."""
+    rng = np.random.default_rng(seed)
+    sizes = (len(SHAPES), len(COLOURS), len(SIZES), len(POSITIONS))
+    labels = np.stack([rng.integers(k, size=n) for k in sizes], axis=1).astype(np.int32)
+    images = np.stack([render(row, rng, cfg) for row in labels]) if n else np.zeros((0, cfg.image_size, cfg.image_size, 3), np.uint8)
+    captions = [varied_caption(row, rng) if varied else canonical_caption(row) for row in labels]
+    return images, captions, labels
+
+
+def parse_caption(text):
+    """The (shape, colour, size, position) a caption names, in any phrasing above; None if unclear."""
+    words = re.findall(r"[a-z]+", text.lower())
+    canonical = {syn: word for word, syns in SYNONYMS.items() for syn in syns}
+    words = [canonical.get(w, w) for w in words]
+
+    def exactly_one(names):
+        found = {i for i, name in enumerate(names) if name in words}
+        return found.pop() if len(found) == 1 else None
+
+    vertical = exactly_one(("top", "bottom", "center"))
+    horizontal = exactly_one(("left", "right"))
+    if vertical == 2:
+        position = 4 if horizontal is None else None
+    else:
+        position = None if vertical is None or horizontal is None else 2 * vertical + horizontal
+    found = (exactly_one(SHAPES), exactly_one(COLOURS), exactly_one(SIZES), position)
+    return None if None in found else found
+
+
+def read_picture(image):
+    """Read (shape, colour, size, position) off a picture, or None if it is no valid shape picture.
+
+    A simple reader, no learning: foreground = pixels far from the border's colour; its bounding box
+    gives size and position, how much of the box it fills gives the shape, its core pixels the colour.
+    The picture is valid when the shape redrawn at that box matches the foreground closely.
+    """
+    image = np.asarray(image, np.float32)
+    side = image.shape[0]
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    distance = np.abs(image - np.median(border, axis=0)).max(axis=-1)  # (S, S)
+    mask = distance > 100  # halfway between the background and any of the saturated colours
+    if mask.sum() < 0.01 * side * side:
+        return None
+    ys, xs = np.nonzero(mask)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    width, height = x1 - x0, y1 - y0
+    fill = mask.sum() / (width * height)
+    shape = 1 if fill > 0.9 else 0 if fill > 0.65 else 2
+    core = image[distance > 150]
+    if len(core) == 0:
+        return None
+    colours = np.argmin(((core[:, None, :] - RGB[None]) ** 2).sum(-1), axis=1)
+    colour = int(np.bincount(colours, minlength=len(COLOURS)).argmax())
+    size = 0 if max(width, height) > 0.32 * side else 1
+    centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2]) / side
+    position = int(np.argmin(((ANCHORS - centre) ** 2).sum(-1)))
+    ideal = Image.new("L", (side, side), 0)
+    method, xy = _outline(shape, (x0, y0, x1 - 1, y1 - 1))
+    getattr(ImageDraw.Draw(ideal), method)(xy, fill=1)
+    ideal = np.asarray(ideal, bool)
+    iou = (ideal & mask).sum() / (ideal | mask).sum()
+    valid = iou > 0.8 and 0.75 < width / height < 1.33 and np.mean(colours == colour) > 0.8
+    return (shape, colour, size, position) if valid else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Image-text files on disk
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
+def load_image(file, size):
+    """An image file (path or file object) -> uint8 (size, size, 3): centre square crop, then resize."""
+    name = getattr(file, "name", file)
+    try:
+        with Image.open(file) as opened:
+            picture = opened.convert("RGB")
+    except Exception as e:  # pillow raises many kinds of errors on broken files
+        raise ValueError(f"cannot read image {name}: {type(e).__name__}") from None
+    w, h = picture.size
+    side = min(w, h)
+    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+    return np.asarray(picture.resize((size, size), Image.Resampling.BICUBIC, box=box))
+
+
+def _pairs_in_tar(tar_path):
+    """(key, image file object, caption) for each WebDataset sample: members key.jpg + key.txt."""
+    with tarfile.open(tar_path) as tar:
+        members = {}
+        for member in tar.getmembers():
+            if member.isfile():
+                key, suffix = os.path.splitext(member.name)
+                members.setdefault(key, {})[suffix.lower()] = member
+        for key in sorted(members):
+            files = members[key]
+            image = next((files[s] for s in IMAGE_SUFFIXES if s in files), None)
+            caption = tar.extractfile(files[".txt"]).read().decode("utf-8", "replace") if ".txt" in files else None
+            yield f"{tar_path}:{key}", image and io.BytesIO(tar.extractfile(image).read()), caption
+
+
+def _pairs_in_folder(folder):
+    for path in sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        text = path.with_suffix(".txt")
+        yield str(path), path, text.read_text("utf-8", "replace") if text.exists() else None
+
+
+def image_text_pairs(path, image_size):
+    """Image-caption pairs from a folder (a.jpg + a.txt, img2dataset's layout), a WebDataset .tar shard
+    or a folder of shards -> (images uint8 (n, S, S, 3), captions, skipped "name: why" strings)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no data at {path}: give a folder of images with .txt captions or .tar shards")
+    shards = [path] if path.is_file() else sorted(path.rglob("*.tar"))
+    sources = [_pairs_in_tar(s) for s in shards] if shards else [_pairs_in_folder(path)]
+    images, captions, skipped = [], [], []
+    for source in sources:
+        for name, file, caption in source:
+            if file is None or caption is None:
+                skipped.append(f"{name}: no {'image' if file is None else 'caption'}")
+                continue
+            try:
+                images.append(load_image(file, image_size))
+                captions.append(caption.strip())
+            except ValueError as e:
+                skipped.append(f"{name}: {e}")
+    if not images:
+        raise ValueError(f"no readable image-caption pairs in {path} ({len(skipped)} skipped)")
+    return np.stack(images), captions, skipped
+
+
+def text_lines(path):
+    """Unpaired text: one document per non-empty line, from a .txt file or a folder of them."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no text at {path}: give a .txt file or a folder of them")
+    files = [path] if path.is_file() else sorted(path.rglob("*.txt"))
+    lines = [line.strip() for f in files for line in f.read_text("utf-8", "replace").splitlines()]
+    return [line for line in lines if line]
+
+
+# ----------------------------------------------------------------------------------------------
+# The text tokenizer
+#
+# Words, with a byte fallback. A word vocabulary built from the training text keeps captions short
+# (8-12 tokens for the shapes world instead of ~40 bytes), so the model fills few text slots when it
+# writes a caption; any word not in the vocabulary is spelled out in UTF-8 bytes, so every string
+# encodes, nothing needs downloading, and decoding gives back readable text. The vocabulary is saved
+# in the checkpoint header with the model.
+
+PAD, MASK = 0, 1
+N_SPECIAL, N_BYTES = 2, 256
+WORD = re.compile(r"\w+|[^\w\s]")
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    words: tuple[str, ...]  # the word vocabulary; ids N_SPECIAL + N_BYTES + i
+    length: int = 16  # every text is truncated or padded with PAD to this many tokens
+
+    @property
+    def vocab_size(self):
+        return N_SPECIAL + N_BYTES + len(self.words)
+
+    def encode(self, text):
+        """str -> int32 (length,): lower-cased words; unknown words as bytes; then PAD."""
+        index = {w: N_SPECIAL + N_BYTES + i for i, w in enumerate(self.words)}
+        ids = []
+        for word in WORD.findall(text.lower()):
+            if word in index:
+                ids.append(index[word])
+            else:  # the space goes with the bytes, so that decoding keeps unknown words apart
+                ids.extend(N_SPECIAL + b for b in (" " + word).encode("utf-8"))
+        ids = ids[: self.length]
+        return np.array(ids + [PAD] * (self.length - len(ids)), np.int32)
+
+    def decode(self, ids):
+        """int ids -> str; PAD and MASK are dropped."""
+        out = bytearray()
+        for i in (int(i) for i in ids):
+            if i >= N_SPECIAL + N_BYTES and i < self.vocab_size:
+                out += (" " + self.words[i - N_SPECIAL - N_BYTES]).encode("utf-8")
+            elif i >= N_SPECIAL and i < N_SPECIAL + N_BYTES:
+                out.append(i - N_SPECIAL)
+        return out.decode("utf-8", "replace").strip()
+
+
+def build_tokenizer(texts, length=16, max_words=8192):
+    """The max_words most frequent words of texts (ties in first-seen order) as a Tokenizer."""
+    counts = {}
+    for text in texts:
+        for word in WORD.findall(text.lower()):
+            counts[word] = counts.get(word, 0) + 1
+    words = sorted(counts, key=lambda w: -counts[w])[:max_words]
+    return Tokenizer(tuple(words), length)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint files: one JSON header line (configs, step, tokenizer), then the arrays written by
+# eqx.tree_serialise_leaves. Loading rebuilds the tree's skeleton from the header, then fills it.
+
+
+def save_checkpoint(path, header, tree):
+    """Write atomically: a crash mid-write leaves the previous file at path untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write((json.dumps(header) + "\n").encode())
+        eqx.tree_serialise_leaves(f, tree)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_header(path):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    with open(path, "rb") as f:
+        try:
+            return json.loads(f.readline())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(f"{path} is not an upgen checkpoint (its first line is no JSON header)") from None
+
+
+def load_checkpoint(path, skeleton):
+    """-> (header, tree), where skeleton(header) builds a tree of the right structure to fill."""
+    header = read_header(path)
+    with open(path, "rb") as f:
+        f.readline()
+        try:
+            tree = eqx.tree_deserialise_leaves(f, skeleton(header))
+        except Exception as e:  # numpy/equinox raise EOFError, ValueError, ... on broken files
+            raise ValueError(f"{path} is truncated or does not match its header ({type(e).__name__}: {e})"[:300]) from None
+        if f.read(1):
+            raise ValueError(f"{path} is longer than its header says: not a checkpoint of this model")
+    return header, tree
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bench", action="store_true", help="time rendering 10,000 examples")
+    parser.add_argument("--show", type=int, default=0, help="write shapes.png with this many examples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the examples")
+    args = parser.parse_args()
+    if args.bench:
+        start = time.perf_counter()
+        images, captions, labels = shapes(10_000, args.seed)
+        seconds = time.perf_counter() - start
+        print(f"rendered 10,000 shapes examples in {seconds:.1f} s ({10_000 / seconds:.0f} per second, one core)")
+    if args.show:
+        images, captions, labels = shapes(args.show, args.seed)
+        Image.fromarray(np.concatenate(list(images), axis=1)).save("shapes.png")
+        print("\n".join(captions) + "\nwrote shapes.png")
