@@ -5,6 +5,7 @@ of either modality, which makes it both a representation learner (probe.py) and 
 Read this file top to bottom: config, masking, transformer, loss. `python upgen.py` prints the
 parameter counts of the laptop default and of the paper's ViT-L. Next read train.py.
 """
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -208,22 +209,33 @@ def count_params(model) -> int:
     return sum(math.prod(x.shape) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact))
 
 
+def save_upgen(path, model: UPGen, tokenizer: data.Tokenizer):
+    """The model alone (no optimiser state), with its config and text tokenizer in the header."""
+    header = {"upgen": dataclasses.asdict(model.cfg), "tokenizer": dataclasses.asdict(tokenizer)}
+    data.save_checkpoint(path, header, model)
+
+
+def load_upgen(path):
+    """A file written by save_upgen -> (model, tokenizer)."""
+    def skeleton(header):
+        return eqx.filter_eval_shape(UPGen, UPGenConfig(**header["upgen"]), key=jax.random.key(0))
+
+    if "upgen" not in data.read_header(path):
+        raise ValueError(f"{path} is no UPGen model file (upgen.eqx is written by train.py)")
+    header, model = data.load_checkpoint(path, skeleton)
+    return model, data.Tokenizer(tuple(header["tokenizer"]["words"]), header["tokenizer"]["length"])
+
 # ---------------------------------------------------------------------------------------------------
 # The objective
 
 
-def loss_fn(model: UPGen, tokens, kinds, *, key):
-    """Masked token prediction on a batch: tokens (B, L), kinds (B,) -> (loss f32, metrics dict)."""
-    cfg = model.cfg
-    inputs, masked = mask_tokens(tokens, kinds, cfg, key=key)              # (B, L), (B, L)
-    logits = jax.vmap(model)(inputs)                                        # (B, L, V) float32
+def masked_loss(logits, tokens, masked, kinds, cfg: UPGenConfig):
+    """Weighted cross-entropy at masked positions: logits (B, L, V), tokens, masked (B, L), kinds (B,)."""
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     ce = -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]  # (B, L)
-
     is_image = jnp.arange(cfg.seq_len) < cfg.image_tokens                 # (L,)
     text_weight = jnp.where(kinds == TEXT_ONLY, cfg.unpaired_text_weight, cfg.paired_text_weight)  # (B,)
-    weight = jnp.where(is_image[None, :], cfg.image_weight, text_weight[:, None])  # (B, L)
-    weight = weight * masked
+    weight = jnp.where(is_image[None, :], cfg.image_weight, text_weight[:, None]) * masked  # (B, L)
     # Normalise by the NUMBER of masked tokens, not by the sum of weights: then a weight is a fixed
     # per-token importance, as in the paper (a caption token counts 0.1 of an image token, text-only
     # data 0.01, whatever the batch holds); dividing by the weight sum would cancel the weights in a
@@ -237,6 +249,13 @@ def loss_fn(model: UPGen, tokens, kinds, *, key):
         "text_acc": (correct & ~is_image).sum() / jnp.maximum(text_masked.sum(), 1),
     }
     return loss, metrics
+
+
+def loss_fn(model: UPGen, tokens, kinds, *, key):
+    """Masked token prediction on a batch: tokens (B, L), kinds (B,) -> (loss f32, metrics dict)."""
+    inputs, masked = mask_tokens(tokens, kinds, model.cfg, key=key)        # (B, L), (B, L)
+    logits = jax.vmap(model)(inputs)                                        # (B, L, V) float32
+    return masked_loss(logits, tokens, masked, kinds, model.cfg)
 
 
 if __name__ == "__main__":
