@@ -1,0 +1,399 @@
+"""Train UPGen, data parallel, from a laptop CPU to a TPU pod with the same code.
+
+    python train.py                       # shapes world: image tokenizer, token cache, UPGen (~10 min, 2 cores)
+    python train.py --images DIR --text corpus.txt --out runs/mine   # your image-caption pairs + text
+    python train.py --resume              # continue the last run in --out exactly where it stopped
+    python train.py --bench               # train step tokens/s and model FLOPs utilisation
+    python train.py --tpu ...             # on every host of a TPU pod slice
+
+One jitted step holds loss, gradient, clipping and AdamW. Every device gets a slice of the batch on a
+'data' mesh axis; parameters and optimiser state are replicated. Read next: sample.py, probe.py.
+"""
+import argparse
+import dataclasses
+import hashlib
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+import data
+import upgen
+import vqgan
+
+KINDS = (upgen.PAIRED, upgen.IMAGE_ONLY, upgen.TEXT_ONLY)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    images: str = ""                  # image-caption folder / .tar shard(s); "" = the shapes world
+    shapes: int = 20000               # shapes-world examples to render when images == ""
+    text: str = ""                    # unpaired text (.txt file or folder, one document per line); "" = none
+    mix: tuple = (0.7, 0.15, 0.15)    # batch shares of paired, image-only and text-only examples
+    steps: int = 1500                 # optimiser steps in the whole run
+    batch: int = 64                   # global batch (all devices, all hosts)
+    lr: float = 1e-3                  # peak learning rate, reached after warmup, cosine-decayed to lr/10
+    warmup: int = 100                 # linear warmup steps
+    weight_decay: float = 0.05        # AdamW decay of the matrices (not of biases, norms, embeddings rows)
+    clip: float = 1.0                 # global gradient-norm clip
+    seed: int = 0                     # model init, masks and batch order all follow from it
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data: pictures -> VQGAN codes once (cached on disk), captions -> text ids, then token pools per kind
+
+
+def image_tokenizer(out: Path, shipped: Path, images: str, log):
+    """The frozen VQGAN: out/vqgan.eqx, else a copy of the shipped one, else train one (minutes) on the
+    run's pictures (the shapes world when images == "")."""
+    path = out / "vqgan.eqx"
+    if not path.exists() and shipped.exists():
+        log(f"image tokenizer: copying {shipped} to {path}")
+        shutil.copyfile(shipped, path.with_name("vqgan.eqx.tmp"))
+        os.replace(path.with_name("vqgan.eqx.tmp"), path)
+    if not path.exists():
+        log(f"image tokenizer: none found, training one into {path}")
+        size = vqgan.VQGANConfig().image_size
+        vqgan.train_vqgan(path, images=data.image_text_pairs(images, size)[0] if images else None)
+    return vqgan.load_vqgan(path), path
+
+
+def encode_all(vq, images, batch=256):
+    """uint8 (n, S, S, 3) -> VQGAN codes int32 (n, tokens), in fixed-size batches (one compilation)."""
+    codes = []
+    for i in tqdm(range(0, len(images), batch), desc="tokenising images", leave=False):
+        chunk = images[i:i + batch]
+        padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        codes.append(vqgan.encode_images(vq, padded)[:len(chunk)])
+    return np.concatenate(codes)
+
+
+def load_corpus(tcfg: TrainConfig, vq, vq_path: Path, out: Path, log, *, process=0, processes=1):
+    """-> (all captions, all unpaired text, this process's image codes, its caption indices).
+
+    Every host reads all captions (the text tokenizer must be the same everywhere) but encodes only its
+    own slice of the pictures, every processes-th one; the codes are cached in out/, keyed by the data
+    source and the VQGAN file, so a second run (or a resume) reads tokens, not pixels."""
+    source = tcfg.images or f"shapes:{tcfg.shapes}:{tcfg.seed}"
+    key = f"{source}|{hashlib.sha256(vq_path.read_bytes()).hexdigest()}|{process}/{processes}"
+    cache = out / f"tokens_{process}of{processes}.npz"
+    text = data.text_lines(tcfg.text) if tcfg.text else []
+    if cache.exists():
+        with np.load(cache) as f:
+            if str(f["key"]) == key:
+                log(f"token cache: {cache}")
+                return list(f["captions"]), text, f["codes"], f["rows"]
+    if tcfg.images:
+        images, captions, skipped = data.image_text_pairs(tcfg.images, vq.cfg.image_size)
+        if skipped:
+            log(f"skipped {len(skipped)} unreadable example(s): " + "; ".join(skipped))
+    else:
+        images, captions, _ = data.shapes(tcfg.shapes, tcfg.seed)
+    rows = np.arange(process, len(images), processes)
+    codes = encode_all(vq, images[rows])
+    with open(cache.with_name(cache.name + ".tmp"), "wb") as f:
+        np.savez(f, key=key, captions=np.array(captions), codes=codes, rows=rows)
+    os.replace(cache.with_name(cache.name + ".tmp"), cache)
+    log(f"tokenised {len(rows)} images into {cache}")
+    return captions, text, codes, rows
+
+
+def token_pools(codes, caption_ids, text_ids, cfg: upgen.UPGenConfig):
+    """Model-token pools (n_k, L) for the three kinds: paired, image-only (same images), text-only."""
+    paired = upgen.make_sequence(codes, caption_ids, cfg)
+    image_only = upgen.make_sequence(codes, None, cfg)
+    text_only = upgen.make_sequence(None, text_ids, cfg)
+    return tuple(np.asarray(pool) for pool in (paired, image_only, text_only))
+
+
+def kind_counts(batch: int, mix) -> tuple:
+    """Splits a batch into per-kind counts in the mix proportions; the rounding remainder goes to paired."""
+    counts = [int(batch * m / sum(mix)) for m in mix]
+    counts[0] += batch - sum(counts)
+    return tuple(counts)
+
+
+def local_batch(pools, step: int, counts, *, seed: int, process: int = 0):
+    """This host's rows of step's batch: tokens int32 (b, L), kinds int32 (b,).
+
+    A pure function of (seed, step, process), drawn with replacement from this host's own pools: a
+    resumed run sees exactly the batches it would have seen, and no host reads another's data."""
+    rng = np.random.default_rng([seed, step, process])
+    tokens = np.concatenate([pool[rng.integers(len(pool), size=c)] for pool, c in zip(pools, counts) if c])
+    kinds = np.concatenate([np.full(c, kind, np.int32) for kind, c in zip(KINDS, counts) if c])
+    return tokens, kinds
+
+
+# ---------------------------------------------------------------------------------------------------
+# The step: data parallel over a 'data' mesh axis
+
+
+def make_mesh():
+    """All devices of all hosts on one 'data' axis (Auto: eqx.filter_shard rejects Explicit axes)."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicate(tree, mesh):
+    """Puts the same host values on every device of every host (each host holds identical values)."""
+    replicated = NamedSharding(mesh, P())
+    place = lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x))
+    return jax.tree.map(lambda x: place(x) if eqx.is_array(x) else x, tree)
+
+
+def global_batch(mesh, *local):
+    """Each host's rows -> one global array per input, split over all devices on the 'data' axis."""
+    return tuple(jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), x) for x in local)
+
+
+def host_copy(tree):
+    """A replicated tree -> numpy on this host (every host holds a full copy), for saving."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+
+
+def make_optimizer(tcfg: TrainConfig):
+    """Global-norm clipping, then AdamW with linear warmup and cosine decay to lr/10."""
+    schedule = optax.warmup_cosine_decay_schedule(0.0, tcfg.lr, tcfg.warmup, max(tcfg.steps, tcfg.warmup + 1),
+                                                  end_value=tcfg.lr / 10)
+    matrices = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # no decay on biases and norms
+    return optax.chain(optax.clip_by_global_norm(tcfg.clip),
+                       optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=tcfg.weight_decay, mask=matrices))
+
+
+@eqx.filter_jit(donate="all")
+def train_step(model, opt_state, tokens, kinds, key, optimizer, mesh):
+    """One step: tokens (B, L) and kinds (B,) sharded on 'data' -> updated model and state, loss, metrics."""
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    model, opt_state = eqx.filter_shard((model, opt_state), replicated)
+    tokens, kinds = eqx.filter_shard((tokens, kinds), sharded)
+    grad_fn = eqx.filter_value_and_grad(upgen.loss_fn, has_aux=True)
+    (loss, metrics), grads = grad_fn(model, tokens, kinds, key=key)  # XLA inserts the gradient all-reduce
+    updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    model = eqx.apply_updates(model, updates)
+    model, opt_state = eqx.filter_shard((model, opt_state), replicated)
+    return model, opt_state, loss, metrics
+
+
+def init_state(mcfg, tcfg, optimizer, *, key):
+    model = upgen.UPGen(mcfg, key=key)
+    return model, optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints: out/state_<step>.eqx holds everything --resume needs; out/upgen.eqx only the model
+
+
+def save_state(out: Path, step, model, opt_state, mcfg, tcfg, tokenizer, keep: int):
+    header = {"step": step, "upgen": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
+              "tokenizer": {"words": list(tokenizer.words), "length": tokenizer.length}}
+    data.save_checkpoint(out / f"state_{step}.eqx", header, host_copy((model, opt_state)))
+    for old in state_files(out)[:-keep]:
+        old.unlink()
+
+
+def state_files(out: Path):
+    return sorted(out.glob("state_*.eqx"), key=lambda p: int(p.stem.split("_")[1]))
+
+
+def load_state(path: Path):
+    """-> (step, model, opt_state, UPGenConfig, TrainConfig, Tokenizer) from a state_<step>.eqx."""
+    def skeleton(header):
+        mcfg, tcfg = upgen.UPGenConfig(**header["upgen"]), train_config(header["train"])
+        return eqx.filter_eval_shape(init_state, mcfg, tcfg, make_optimizer(tcfg), key=jax.random.key(0))
+    header, (model, opt_state) = data.load_checkpoint(path, skeleton)
+    tokenizer = data.Tokenizer(tuple(header["tokenizer"]["words"]), header["tokenizer"]["length"])
+    return (header["step"], model, opt_state, upgen.UPGenConfig(**header["upgen"]),
+            train_config(header["train"]), tokenizer)
+
+
+def train_config(fields: dict) -> TrainConfig:
+    return TrainConfig(**{**fields, "mix": tuple(fields["mix"])})  # JSON turns the tuple into a list
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run
+
+
+def train(args):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    process, processes = jax.process_index(), jax.process_count()
+    log_file = open(out / "train.log", "a") if process == 0 else None
+
+    def log(line):
+        if process == 0:
+            tqdm.write(line)
+            log_file.write(line + "\n")
+            log_file.flush()
+
+    if args.resume:
+        if not state_files(out):
+            raise ValueError(f"--resume: no state_<step>.eqx in {out}; run without --resume to start")
+        start, model, opt_state, mcfg, tcfg, tokenizer = load_state(state_files(out)[-1])
+        tcfg = dataclasses.replace(tcfg, steps=args.steps or tcfg.steps)
+        log(f"resuming {state_files(out)[-1]} at step {start}")
+    else:
+        tcfg = TrainConfig(images=args.images, shapes=args.shapes, text=args.text, mix=tuple(args.mix),
+                           steps=args.steps or TrainConfig.steps, batch=args.batch, lr=args.lr,
+                           warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip, seed=args.seed)
+    if tcfg.batch % jax.device_count():
+        raise ValueError(f"--batch {tcfg.batch} must be a multiple of the {jax.device_count()} devices")
+    vq, vq_path = image_tokenizer(out, Path(args.vqgan), tcfg.images, log)
+    captions, text, codes, rows = load_corpus(tcfg, vq, vq_path, out, log, process=process, processes=processes)
+    if not args.resume:
+        tokenizer = data.build_tokenizer(captions + text, length=args.text_tokens)
+        mcfg = upgen.UPGenConfig(image_codes=vq.cfg.codebook_size, image_tokens=codes.shape[1],
+                                 text_vocab=tokenizer.vocab_size, text_tokens=args.text_tokens,
+                                 width=args.width, depth=args.depth, heads=args.heads, mlp=args.mlp,
+                                 compute_dtype=args.compute_dtype)
+    caption_ids = np.stack([tokenizer.encode(captions[i]) for i in rows])
+    # Unpaired text: the corpus if given, else the captions on their own (this host's slice of either).
+    unpaired = text[process::processes] if text else [captions[i] for i in rows]
+    pools = token_pools(codes, caption_ids, np.stack([tokenizer.encode(t) for t in unpaired]), mcfg)
+
+    optimizer, mesh = make_optimizer(tcfg), make_mesh()
+    init_key, train_key = jax.random.split(jax.random.key(tcfg.seed))
+    if not args.resume:
+        start, (model, opt_state) = 0, init_state(mcfg, tcfg, optimizer, key=init_key)
+    model, opt_state = replicate((model, opt_state), mesh)
+    counts = kind_counts(tcfg.batch // processes, tcfg.mix)
+    log(f"UPGen {upgen.count_params(model) / 1e6:.2f}M params; {mcfg}")
+    log(f"{tcfg}; {len(jax.devices())} devices, {processes} host(s); pools {[len(p) for p in pools]}")
+
+    stop = min(tcfg.steps, start + args.stop_after) if args.stop_after else tcfg.steps
+    bar = tqdm(range(start, stop), initial=start, total=tcfg.steps, disable=process != 0, desc="train")
+    pending, clock, timed_steps = [], None, 0
+    for step in bar:
+        tokens, kinds = global_batch(mesh, *local_batch(pools, step, counts, seed=tcfg.seed, process=process))
+        model, opt_state, loss, metrics = train_step(model, opt_state, tokens, kinds,
+                                                     jax.random.fold_in(train_key, step), optimizer, mesh)
+        pending.append((loss, metrics))
+        done = step + 1
+        if done % args.log_every == 0 or done == stop:
+            losses, accs = zip(*jax.device_get(pending))
+            line = {"loss": np.mean(losses), **{k: np.mean([a[k] for a in accs]) for k in accs[0]}}
+            if clock is not None:  # the first interval holds the compilation, so it gives no speed
+                line["tok/s"] = timed_steps * tcfg.batch * mcfg.seq_len / (time.perf_counter() - clock)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in line.items()})
+            log(f"step {done} " + " ".join(f"{k} {v:.4g}" for k, v in line.items()))
+            pending, clock, timed_steps = [], time.perf_counter(), 0
+        else:
+            timed_steps += 1
+        if (done % args.save_every == 0 or done == stop) and args.keep > 0 and process == 0:
+            save_state(out, done, model, opt_state, mcfg, tcfg, tokenizer, args.keep)
+    if process == 0:
+        upgen.save_upgen(out / "upgen.eqx", host_copy(model), tokenizer)
+        log(f"wrote {out / 'upgen.eqx'}")
+    return host_copy(model)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Benchmark: tokens/s of the compiled step and model FLOPs utilisation
+
+
+def matmul_peak(dtype, n=2048, repeats=5):
+    """Measured FLOP/s of one large matmul on the default device: a stand-in when no peak is given."""
+    a = jnp.ones((n, n), dtype)
+    mm = jax.jit(lambda a: a @ a)
+    mm(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        mm(a).block_until_ready()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+
+
+def flops_per_token(cfg: upgen.UPGenConfig, n_params: int):
+    """Training FLOPs per token: 6 per matmul parameter (forward + backward), plus attention's scores and
+    weighted sum, 2 x 2 x L x width per block forward, x3 with backward (the nanoGPT / PaLM count)."""
+    matmul_params = n_params - cfg.vocab_size * cfg.width  # the embedding is a lookup, not a matmul
+    return 6 * matmul_params + 12 * cfg.depth * cfg.seq_len * cfg.width
+
+
+def bench(args):
+    accelerator = jax.default_backend() != "cpu"
+    dtype = "bfloat16" if accelerator else "float32"
+    peak = args.peak_flops or matmul_peak(jnp.dtype(dtype))
+    print(f"{jax.device_count()} x {jax.devices()[0].device_kind}; peak {peak / 1e12:.3g} TFLOP/s "
+          f"{'given' if args.peak_flops else f'measured ({dtype} matmul)'}")
+    laptop = upgen.UPGenConfig(image_codes=512, text_vocab=320, compute_dtype=dtype)
+    larger = upgen.VIT_L if accelerator else dataclasses.replace(laptop, width=512, depth=8, heads=8, mlp=2048)
+    mesh = make_mesh()
+    for name, mcfg, batch in [("laptop", laptop, args.batch), ("ViT-L" if accelerator else "larger", larger,
+                                                                 max(args.batch // 4, jax.device_count()))]:
+        tcfg = TrainConfig(batch=batch)
+        optimizer = make_optimizer(tcfg)
+        model, opt_state = replicate(init_state(mcfg, tcfg, optimizer, key=jax.random.key(0)), mesh)
+        rng = np.random.default_rng(0)
+        tokens = rng.integers(mcfg.image_codes, size=(batch, mcfg.seq_len)).astype(np.int32)
+        tokens, kinds = global_batch(mesh, tokens, np.zeros(batch, np.int32))
+        times = []
+        for step in range(args.bench_steps + 2):  # the first two steps compile and warm up
+            start = time.perf_counter()
+            model, opt_state, loss, _ = train_step(model, opt_state, tokens, kinds, jax.random.key(step),
+                                                   optimizer, mesh)
+            loss.block_until_ready()
+            times.append(time.perf_counter() - start)
+        step_time = float(np.median(times[2:]))
+        tokens_per_s = batch * mcfg.seq_len / step_time
+        mfu = tokens_per_s * flops_per_token(mcfg, upgen.count_params(model)) / peak
+        print(f"{name}: {upgen.count_params(model) / 1e6:.1f}M params, batch {batch} x {mcfg.seq_len} tokens, "
+              f"{mcfg.compute_dtype}: {step_time * 1e3:.1f} ms/step, {tokens_per_s:,.0f} tokens/s, MFU {mfu:.1%}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d, m = TrainConfig(), upgen.UPGenConfig(image_codes=0, text_vocab=0)
+    p.add_argument("--out", default="runs/shapes", help="run folder: vqgan.eqx, tokens_*.npz, state_<step>.eqx, upgen.eqx, train.log")
+    p.add_argument("--vqgan", default="checkpoints/shapes/vqgan.eqx", help="image tokenizer to copy into --out when it has none")
+    p.add_argument("--images", default=d.images, help="image-caption pairs: folder of a.jpg + a.txt, a .tar shard or a folder of shards (default: the shapes world)")
+    p.add_argument("--shapes", type=int, default=d.shapes, help="shapes-world examples when --images is not given")
+    p.add_argument("--text", default=d.text, help="unpaired text: a .txt file or folder, one document per line")
+    p.add_argument("--mix", type=float, nargs=3, default=d.mix, metavar=("PAIRED", "IMAGE", "TEXT"), help="batch shares of paired, image-only and text-only examples")
+    p.add_argument("--steps", type=int, default=None, help=f"total optimiser steps (default {d.steps}; with --resume, the saved run's)")
+    p.add_argument("--stop-after", type=int, default=0, help="stop after this many steps of this invocation (split a run into jobs; 0 = run to --steps)")
+    p.add_argument("--batch", type=int, default=d.batch, help="global batch size (all devices, all hosts)")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay of the matrices")
+    p.add_argument("--clip", type=float, default=d.clip, help="global gradient-norm clip")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the init, the masks and the batch order")
+    p.add_argument("--width", type=int, default=m.width, help="transformer width")
+    p.add_argument("--depth", type=int, default=m.depth, help="transformer blocks")
+    p.add_argument("--heads", type=int, default=m.heads, help="attention heads")
+    p.add_argument("--mlp", type=int, default=m.mlp, help="MLP hidden units per block")
+    p.add_argument("--text-tokens", type=int, default=m.text_tokens, help="text tokens per example")
+    p.add_argument("--compute-dtype", default=m.compute_dtype, choices=("float32", "bfloat16"), help="matmul dtype (bfloat16 on accelerators)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest state_<step>.eqx in --out (its saved config)")
+    p.add_argument("--keep", type=int, default=2, help="state_<step>.eqx files to keep (0 = none, only upgen.eqx at the end)")
+    p.add_argument("--save-every", type=int, default=500, help="steps between state checkpoints")
+    p.add_argument("--log-every", type=int, default=50, help="steps between log lines")
+    p.add_argument("--bench", action="store_true", help="print the train step's tokens/s and MFU, laptop and a larger config")
+    p.add_argument("--bench-steps", type=int, default=10, help="timed steps per --bench config")
+    p.add_argument("--peak-flops", type=float, default=0.0, help="device peak FLOP/s for MFU, all devices (default: measured matmul)")
+    p.add_argument("--tpu", action="store_true", help="multi-host TPU: jax.distributed.initialize() first; run on every host")
+    args = p.parse_args(argv)
+    try:
+        if args.tpu:
+            try:
+                jax.distributed.initialize()
+            except (ValueError, RuntimeError) as e:
+                raise ValueError(f"--tpu: no TPU pod found here ({e}); run without --tpu") from None
+            if jax.default_backend() != "tpu":
+                raise ValueError(f"--tpu: JAX sees no TPU (backend {jax.default_backend()}); run without --tpu")
+        return bench(args) if args.bench else train(args)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
