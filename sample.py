@@ -1,0 +1,358 @@
+"""Sampling from UPGen with MaskGIT's iterative decoding: text->image, image->text, unconditional
+pictures and captions, and text-guided inpainting, all from one model.
+
+    python sample.py --prompt "a large red circle in the top left"   # writes samples.png
+    python sample.py --image picture.png                              # prints captions
+    python sample.py --image picture.png --keep 0,0,32,64 --prompt "a small blue square in the top left"
+    python sample.py --eval        # shapes-world accuracy of every mode;  --bench: the decode loop's cost
+
+The decoder (first section) knows nothing about the model: it takes a tokens -> logits function.
+Read upgen.py first for the sequence layout [image tokens | text tokens].
+"""
+import argparse
+import dataclasses
+import itertools
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+import data
+import upgen
+import vqgan
+
+# ---------------------------------------------------------------------------------------------------
+# The decoder: start from a sequence with [MASK] where tokens are unknown; at each of T steps predict
+# every unknown token at once, keep the most confident predictions and mask the rest again, fewer each
+# step along a cosine schedule. Known tokens are never re-masked and never change.
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    steps: int = 12  # T: forward passes per sample (MaskGIT: 8-12)
+    temperature: float = 1.0  # sampling temperature of each token; 0 = argmax
+    choice_temperature: float = 4.5  # scale of the Gumbel noise on confidences (MaskGIT's ImageNet value), annealed to 0
+
+
+def mask_ratio(progress):
+    """MaskGIT's cosine schedule: the share of unknown tokens still masked after t/T of the steps."""
+    return math.cos(math.pi / 2 * progress)
+
+
+def masked_counts(n_unknown, steps):
+    """Tokens still masked after each step: n_unknown int (B,) -> int32 (B, steps), ending at 0.
+
+    floor(n * cos(pi/2 * t/T)) for t = 1..T, but at least one token fewer each step (MaskGIT's
+    clamp), so a short sequence (n < T) is never left with a step that decides nothing."""
+    n = jnp.asarray(n_unknown, jnp.int32)
+    counts, previous = [], n
+    for t in range(1, steps + 1):
+        target = jnp.floor(n * mask_ratio(t / steps)).astype(jnp.int32)
+        previous = jnp.maximum(jnp.minimum(target, previous - 1), 0)
+        counts.append(previous)
+    return jnp.stack(counts, axis=-1)  # (B, steps)
+
+
+def sample_tokens(logits, temperature, *, key):
+    """logits (B, L, V) -> token ids (B, L), sampled at this temperature (argmax at 0)."""
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1)
+    return jax.random.categorical(key, logits / temperature, axis=-1)
+
+
+def decode(logits_fn, tokens, *, mask_id, cfg=DecodeConfig(), key):
+    """Fills every mask_id of tokens (B, L) -> the sequence after each step (T, B, L); [-1] has no mask.
+
+    logits_fn: (B, L) -> (B, L, V). It must give -inf (or a large negative logit) to ids a slot may not
+    take, [MASK] included; the caller restricts image slots to image codes and text slots to words.
+    The T steps run inside one lax.scan, so the whole decode is one compiled program."""
+    counts = masked_counts((tokens == mask_id).sum(-1), cfg.steps)  # (B, T)
+
+    def step(seq, inputs):
+        t, step_key = inputs
+        sample_key, choice_key = jax.random.split(step_key)
+        logits = logits_fn(seq).astype(jnp.float32)  # (B, L, V)
+        unknown = seq == mask_id  # (B, L)
+        sampled = jnp.where(unknown, sample_tokens(logits, cfg.temperature, key=sample_key), seq)
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        confidence = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]  # (B, L)
+        # Gumbel noise makes the choice of what to keep random early on (temperature * (1 - t/T),
+        # MaskGIT's annealing), so samples differ in layout, then greedy in confidence at the end.
+        noise_scale = cfg.choice_temperature * (1 - (t + 1) / cfg.steps)
+        confidence = confidence + noise_scale * jax.random.gumbel(choice_key, confidence.shape)
+        confidence = jnp.where(unknown, confidence, jnp.inf)  # known tokens are never re-masked
+        rank = jnp.argsort(jnp.argsort(confidence, axis=-1), axis=-1)  # (B, L) 0 = least confident
+        # A rank, not a threshold: exactly counts[:, t] tokens stay masked, even when confidences tie.
+        seq = jnp.where(rank < counts[:, t, None], mask_id, sampled)
+        return seq, seq
+
+    keys = jax.random.split(key, cfg.steps)
+    _, states = jax.lax.scan(step, tokens, (jnp.arange(cfg.steps), keys))
+    return states  # (T, B, L)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model as a tokens -> logits function, and the sequences of each mode
+
+
+def allowed_ids(cfg):
+    """bool (L, V): image slots take image codes only, text slots real text tokens only (no PAD/MASK)."""
+    ids = jnp.arange(cfg.vocab_size)
+    image = ids < cfg.image_codes
+    text = ids >= cfg.image_codes + data.MASK + 1  # text ids start with PAD, MASK
+    is_image_slot = jnp.arange(cfg.seq_len)[:, None] < cfg.image_tokens
+    return jnp.where(is_image_slot, image[None], text[None])
+
+
+def model_logits(model, tokens, guidance=0.0):
+    """tokens (B, L) -> restricted logits (B, L, V). guidance > 0: classifier-free guidance on the text,
+    logits + guidance * (logits - logits with every caption token masked)."""
+    cfg = model.cfg
+    logits = jax.vmap(model)(tokens)  # (B, L, V)
+    if guidance:
+        is_text = jnp.arange(cfg.seq_len) >= cfg.image_tokens
+        no_text = jnp.where(is_text & (tokens != cfg.pad_id), cfg.mask_id, tokens)
+        logits = logits + guidance * (logits - jax.vmap(model)(no_text))
+    return jnp.where(allowed_ids(cfg), logits, -1e9)
+
+
+@eqx.filter_jit
+def generate(model, tokens, cfg, guidance=0.0, *, key):
+    """Decode every [MASK] of tokens (B, L) -> states (T, B, L) in one compiled call."""
+    return decode(lambda seq: model_logits(model, seq, guidance), tokens,
+                  mask_id=model.cfg.mask_id, cfg=cfg, key=key)
+
+
+@eqx.filter_jit
+def write_text(model, image_ids, cfg, keep=3, *, key):
+    """Captions of image_ids (B, Ni) (all PAD: unconditional text) -> text token ids (B, Nt), PAD-padded.
+
+    [PAD] is never masked in training, so the model never says where a text ends: we choose its length.
+    For each candidate length k, one forward pass with the k text slots masked (and PAD after) gives
+    the model's full-mask distribution F_k at those slots. Score of a decoded caption y of length k:
+    mean_i log F_k(y_i), how much the model, seeing only the image and the length, believes in y.
+    mean_i max log F_k is an upper bound of that score, so we decode only the `keep` lengths with the
+    highest bounds (in one batch) and return the decoded caption with the best score."""
+    mcfg = model.cfg
+    B, Ni, Nt = image_ids.shape[0], mcfg.image_tokens, mcfg.text_tokens
+    lengths = jnp.arange(1, Nt + 1)  # (K,)
+    slot_used = jnp.arange(Nt)[None] < lengths[:, None]  # (K, Nt)
+    text = jnp.where(slot_used, mcfg.mask_id, mcfg.pad_id)  # (K, Nt)
+    seqs = jnp.concatenate([jnp.broadcast_to(image_ids[:, None], (B, Nt, Ni)),
+                            jnp.broadcast_to(text[None], (B, Nt, Nt))], axis=-1)  # (B, K, L)
+    full = jax.nn.log_softmax(model_logits(model, seqs.reshape(B * Nt, -1))[:, Ni:], axis=-1)
+    full = full.reshape(B, Nt, Nt, -1)  # (B, K, Nt, V)
+    bound = jnp.where(slot_used, full.max(-1), 0).sum(-1) / lengths  # (B, K)
+    best = jnp.argsort(-bound, axis=-1)[:, :keep]  # (B, keep) candidate lengths to decode
+    chosen = jnp.take_along_axis(seqs, best[..., None], axis=1).reshape(B * keep, -1)
+    text_out = generate(model, chosen, cfg, key=key)[-1, :, Ni:].reshape(B, keep, Nt)  # (B, keep, Nt)
+    chosen_full = jnp.take_along_axis(full, best[..., None, None], axis=1)  # (B, keep, Nt, V)
+    log_p = jnp.take_along_axis(chosen_full, text_out[..., None], axis=-1)[..., 0]  # (B, keep, Nt)
+    used = text_out != mcfg.pad_id
+    score = jnp.where(used, log_p, 0).sum(-1) / used.sum(-1)  # (B, keep)
+    winner = jnp.take_along_axis(text_out, score.argmax(-1)[:, None, None], axis=1)[:, 0]  # (B, Nt)
+    return jnp.where(winner == mcfg.pad_id, data.PAD, winner - mcfg.image_codes)
+
+
+def text_ids(tokenizer, prompt):
+    """A prompt -> tokenizer ids (Nt,), with a note on stderr for what the model will not see."""
+    words = set(tokenizer.words)
+    unknown = [w for w in data.WORD.findall(prompt.lower()) if w not in words]
+    if unknown:
+        print(f"note: words the model never saw, spelled out in bytes: {' '.join(unknown[:10])}", file=sys.stderr)
+    full = dataclasses.replace(tokenizer, length=len(prompt.encode("utf-8")) + 1).encode(prompt)
+    if (full != data.PAD).sum() > tokenizer.length:
+        print(f"note: the prompt is cut to its first {tokenizer.length} tokens", file=sys.stderr)
+    return tokenizer.encode(prompt)
+
+
+def inputs(cfg, n, image=None, text=None, keep=None):
+    """Model tokens (n, L) with [MASK] in the slots to generate: image codes (Ni,) kept where keep
+    (Ni,) is True (all when keep is None) else masked; text ids (Nt,) or PAD (no text) if None."""
+    image_part = np.full(cfg.image_tokens, cfg.mask_id)
+    if image is not None:
+        image_part = np.where(np.ones(cfg.image_tokens, bool) if keep is None else keep, image, cfg.mask_id)
+    text_part = np.full(cfg.text_tokens, cfg.pad_id) if text is None else text + cfg.image_codes
+    return jnp.asarray(np.tile(np.concatenate([image_part, text_part]), (n, 1)), jnp.int32)
+
+
+def keep_mask(box, image_path, cfg, size):
+    """--keep x0,y0,x1,y1 in pixels of the image file -> bool (Ni,): tokens whose cell centre is in it."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box.split(","))
+    except ValueError:
+        raise ValueError(f"--keep wants x0,y0,x1,y1 in pixels, got {box!r}") from None
+    with Image.open(image_path) as opened:
+        w, h = opened.size
+    side = min(w, h)  # data.load_image takes the centre square, then resizes it to size x size
+    scale, dx, dy = size / side, (w - side) // 2, (h - side) // 2
+    grid = int(math.isqrt(cfg.image_tokens))
+    centre = (np.arange(grid) + 0.5) * size / grid  # cell centres, model pixels
+    inside_x = (centre >= (x0 - dx) * scale) & (centre <= (x1 - dx) * scale)
+    inside_y = (centre >= (y0 - dy) * scale) & (centre <= (y1 - dy) * scale)
+    keep = (inside_y[:, None] & inside_x[None, :]).reshape(-1)  # raster order, as the VQGAN's tokens
+    if not keep.any():
+        raise ValueError(f"--keep {box} holds no token centre; the image is {w}x{h} pixels")
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pictures out
+
+
+def pictures(tokenizer_model, states, cfg):
+    """States (..., L) -> uint8 pictures (..., H, W, 3); still-masked cells painted grey."""
+    image = np.asarray(states)[..., :cfg.image_tokens]
+    masked = image == cfg.mask_id
+    flat = np.where(masked, 0, image).reshape(-1, cfg.image_tokens)
+    out = vqgan.decode_tokens(tokenizer_model, flat)  # (N, H, W, 3)
+    grid, size = int(math.isqrt(cfg.image_tokens)), out.shape[1]
+    cells = np.repeat(np.repeat(masked.reshape(-1, grid, grid), size // grid, 1), size // grid, 2)
+    out = np.where(cells[..., None], 128, out).astype(np.uint8)
+    return out.reshape(*image.shape[:-1], *out.shape[1:])
+
+
+def save_grid(images, path):
+    """uint8 (rows, cols, H, W, 3) -> one PNG with a 2-pixel white gap between pictures."""
+    padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)), constant_values=255)
+    rows = [np.concatenate(list(row), axis=1) for row in padded]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shapes eval and the benchmark
+
+
+def evaluate(model, tokenizer, tokenizer_model, cfg, *, key, batch=256):
+    """Prints text->image, image->text and unconditional accuracy on the shapes world."""
+    mcfg = model.cfg
+    t2i_key, i2t_key, uncond_key = jax.random.split(key, 3)
+    ranges = (len(data.SHAPES), len(data.COLOURS), len(data.SIZES), len(data.POSITIONS))
+    all_labels = list(itertools.product(*(range(k) for k in ranges)))  # the 180 descriptions
+
+    def draw(seqs, key):  # (N, L) in batches -> pictures (N, H, W, 3)
+        keys = jax.random.split(key, len(seqs))
+        finals = [generate(model, seqs[i:i + batch], cfg, key=keys[i])[-1] for i in range(0, len(seqs), batch)]
+        return pictures(tokenizer_model, jnp.concatenate(finals), mcfg)
+
+    start = time.perf_counter()
+    prompts = jnp.concatenate([inputs(mcfg, 1, text=tokenizer.encode(data.canonical_caption(lab))) for lab in all_labels])
+    read = [data.read_picture(p) for p in draw(prompts, t2i_key)]
+    right = np.mean([r == tuple(lab) for r, lab in zip(read, all_labels)])
+    print(f"text->image: {right:.1%} of the 180 canonical prompts drawn with all four attributes right")
+
+    images, _, labels = data.shapes(180, seed=20261125, varied=False)  # fresh pictures, not a training seed
+    codes = jnp.asarray(vqgan.encode_images(tokenizer_model, images))
+    keys = jax.random.split(i2t_key, len(codes))
+    texts = np.concatenate([write_text(model, codes[i:i + batch // 8], cfg, key=keys[i])
+                            for i in range(0, len(codes), batch // 8)])
+    captions = [tokenizer.decode(t) for t in texts]
+    right = np.mean([data.parse_caption(c) == tuple(lab) for c, lab in zip(captions, labels)])
+    print(f"image->text: {right:.1%} of captions of 180 fresh pictures name all four attributes "
+          f"(e.g. {captions[0]!r})")
+
+    read = [data.read_picture(p) for p in draw(inputs(mcfg, 500), uncond_key)]
+    valid = [r for r in read if r is not None]
+    print(f"unconditional: {len(valid) / 5:.1f}% of 500 pictures valid, {len(set(valid))} of the 180 "
+          f"descriptions appear ({time.perf_counter() - start:.0f} s for the whole eval)")
+
+
+def bench(model, cfg, n, *, key):
+    """Times the compiled T-step decode against T separate forward passes of the same batch."""
+    seqs = inputs(model.cfg, n)
+    forward = eqx.filter_jit(lambda m, s: model_logits(m, s))
+    jax.block_until_ready(generate(model, seqs, cfg, key=key))
+    jax.block_until_ready(forward(model, seqs))
+    start = time.perf_counter()
+    jax.block_until_ready(generate(model, seqs, cfg, key=key))
+    loop = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(cfg.steps):
+        jax.block_until_ready(forward(model, seqs))
+    passes = time.perf_counter() - start
+    print(f"batch {n}, {cfg.steps} steps on {jax.devices()[0].platform}: compiled decode {loop * 1e3:.0f} ms, "
+          f"{cfg.steps} forward passes {passes * 1e3:.0f} ms, ratio {loop / passes:.2f}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+def load(ckpt):
+    """-> (UPGen, text tokenizer, VQGAN) from a folder holding upgen.eqx and vqgan.eqx."""
+    try:
+        model, tokenizer = upgen.load_upgen(Path(ckpt) / "upgen.eqx")
+        return model, tokenizer, vqgan.load_vqgan(Path(ckpt) / "vqgan.eqx")
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{e}; make a checkpoint with `python train.py --out {ckpt}`") from None
+
+
+def run(args):
+    if args.n < 1 or args.steps < 1:
+        raise ValueError("--n and --steps must be at least 1")
+    if args.keep is not None and args.image is None:
+        raise ValueError("--keep needs --image: it says which part of that image to keep")
+    model, tokenizer, tokenizer_model = load(args.ckpt)
+    cfg = DecodeConfig(steps=args.steps, temperature=args.temperature)
+    mcfg, size = model.cfg, tokenizer_model.cfg.image_size
+    key = jax.random.key(args.seed)
+    if args.eval:
+        return evaluate(model, tokenizer, tokenizer_model, cfg, key=key)
+    if args.bench:
+        return bench(model, cfg, args.n, key=key)
+    prompt = None
+    if args.prompt is not None:
+        if args.prompt.strip():
+            prompt = text_ids(tokenizer, args.prompt)
+        else:
+            print("note: empty prompt, so the pictures are unconditional", file=sys.stderr)
+    codes = None
+    if args.image:
+        codes = vqgan.encode_images(tokenizer_model, data.load_image(args.image, size)[None])[0]
+    if args.unconditional_text or (codes is not None and args.keep is None):  # write captions
+        image = codes if codes is not None else np.full(mcfg.image_tokens, mcfg.pad_id)
+        image = jnp.tile(jnp.asarray(image, jnp.int32), (args.n, 1))
+        for ids in write_text(model, image, cfg, key=key):
+            print(tokenizer.decode(ids))
+        return
+    keep = None if args.keep is None else keep_mask(args.keep, args.image, mcfg, size)
+    states = generate(model, inputs(mcfg, args.n, codes, prompt, keep), cfg, args.guidance, key=key)
+    save_grid(pictures(tokenizer_model, states[-1:], mcfg), args.out)
+    if args.show_steps:
+        steps_path = Path(args.out).with_name(Path(args.out).stem + "_steps.png")
+        save_grid(pictures(tokenizer_model, jnp.swapaxes(states, 0, 1), mcfg), steps_path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompt", help="text -> image: the caption to draw (with --image and --keep: inpaint)")
+    parser.add_argument("--image", help="image -> text: a picture to caption (with --keep: inpaint it)")
+    parser.add_argument("--keep", help="inpainting: x0,y0,x1,y1 box in pixels of --image whose tokens are kept")
+    parser.add_argument("--unconditional-text", action="store_true", help="write captions from nothing")
+    parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance scale on the prompt (0: off)")
+    parser.add_argument("--n", type=int, default=4, help="how many samples")
+    parser.add_argument("--steps", type=int, default=12, help="decoding steps T")
+    parser.add_argument("--temperature", type=float, default=1.0, help="token sampling temperature (0: argmax)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same samples")
+    parser.add_argument("--ckpt", default="checkpoints/shapes", help="folder with upgen.eqx and vqgan.eqx")
+    parser.add_argument("--out", default="samples.png", help="where to write the grid of pictures")
+    parser.add_argument("--show-steps", action="store_true", help="also write <out>_steps.png: every step of each sample")
+    parser.add_argument("--eval", action="store_true", help="shapes-world accuracy of text->image, image->text, unconditional")
+    parser.add_argument("--bench", action="store_true", help="time the compiled decode against --steps single forward passes")
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

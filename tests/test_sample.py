@@ -1,0 +1,183 @@
+"""Tests of sample.py: each test is one sentence of MaskGIT's decoding or of the sampling CLI."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import data
+import sample
+import upgen
+import vqgan
+
+MASK_ID = 99  # fake vocabulary of 100 ids for the model-free tests; 99 is [MASK]
+
+
+def random_logits(seq):
+    """A fake model: logits that depend on the input sequence, never choosing [MASK]."""
+    key = jax.random.key(0)
+    logits = jax.random.normal(key, (*seq.shape, 100)) + jnp.sin(seq[..., None] * jnp.arange(100))
+    return logits.at[..., MASK_ID].set(-jnp.inf)
+
+
+def test_schedule_is_monotone_and_ends_with_nothing_masked():
+    for n in (1, 3, 7, 64, 256):
+        for steps in (1, 4, 8, 12, 20):
+            counts = np.asarray(sample.masked_counts(jnp.array([n]), steps))[0]
+            previous = np.concatenate([[n], counts[:-1]])
+            assert counts[-1] == 0
+            assert np.all((counts < previous) | (previous == 0)), (n, steps, counts)  # one fewer each step
+            assert np.all(counts >= 0)
+
+
+@pytest.mark.parametrize("n", [64, 256])
+@pytest.mark.parametrize("steps", [8, 12])
+def test_masked_counts_follow_the_cosine_formula_in_the_decoder(n, steps):
+    formula = [math.floor(n * math.cos(math.pi / 2 * t / steps)) for t in range(1, steps + 1)]
+    assert list(np.asarray(sample.masked_counts(jnp.array([n]), steps))[0]) == formula
+    tokens = jnp.full((2, n), MASK_ID)
+    states = sample.decode(random_logits, tokens, mask_id=MASK_ID, cfg=sample.DecodeConfig(steps=steps),
+                           key=jax.random.key(1))
+    assert states.shape == (steps, 2, n)
+    for b in range(2):
+        assert list(np.asarray((states[:, b] == MASK_ID).sum(-1))) == formula
+
+
+def test_known_tokens_are_never_remasked_nor_changed():
+    tokens = jnp.tile(jnp.arange(40) % 7, (3, 1))
+    unknown = jax.random.bernoulli(jax.random.key(2), 0.6, tokens.shape)
+    tokens = jnp.where(unknown, MASK_ID, tokens)
+    states = sample.decode(random_logits, tokens, mask_id=MASK_ID, key=jax.random.key(3))
+    for state in states:
+        assert jnp.all(jnp.where(unknown, True, state == tokens))
+    assert not jnp.any(states[-1] == MASK_ID)
+
+
+def test_a_model_sure_of_one_token_gets_it_everywhere():
+    def sure_of_seven(seq):
+        return jnp.where(jnp.arange(100) == 7, 50.0, 0.0) * jnp.ones((*seq.shape, 1))
+
+    tokens = jnp.full((2, 64), MASK_ID).at[:, :5].set(3)
+    final = sample.decode(sure_of_seven, tokens, mask_id=MASK_ID, key=jax.random.key(4))[-1]
+    assert jnp.all(final[:, :5] == 3) and jnp.all(final[:, 5:] == 7)
+
+
+def test_same_seed_same_tokens_other_seed_other_tokens():
+    tokens = jnp.full((2, 64), MASK_ID)
+    run = lambda seed: sample.decode(random_logits, tokens, mask_id=MASK_ID, key=jax.random.key(seed))[-1]  # noqa: E731
+    assert jnp.array_equal(run(5), run(5))
+    assert not jnp.array_equal(run(5), run(6))
+
+
+# ---------------------------------------------------------------------------------------------------
+# With a tiny random model: every mode keeps what it was given and fills the rest with allowed ids.
+
+TOKENIZER = data.Tokenizer(("a", "large", "red", "circle", "in", "the", "top", "left"), length=6)
+TINY = upgen.UPGenConfig(image_codes=16, image_tokens=16, text_vocab=TOKENIZER.vocab_size, text_tokens=6,
+                         width=32, depth=1, heads=2, mlp=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return upgen.UPGen(TINY, key=jax.random.key(0))
+
+
+def test_every_mode_keeps_its_known_tokens(tiny_model):
+    cfg, dcfg = tiny_model.cfg, sample.DecodeConfig(steps=4)
+    image = np.arange(cfg.image_tokens) % cfg.image_codes
+    text = TOKENIZER.encode("a large red circle")
+    keep = np.arange(cfg.image_tokens) < 6
+    modes = {"text->image": sample.inputs(cfg, 3, text=text),
+             "unconditional image": sample.inputs(cfg, 3),
+             "inpainting": sample.inputs(cfg, 3, image, text, keep),
+             "inpainting, guided": sample.inputs(cfg, 3, image, text, keep)}
+    for name, tokens in modes.items():
+        guidance = 2.0 if "guided" in name else 0.0
+        final = sample.generate(tiny_model, tokens, dcfg, guidance, key=jax.random.key(7))[-1]
+        known = tokens != cfg.mask_id
+        assert jnp.all(jnp.where(known, final == tokens, True)), name
+        assert jnp.all(final[:, :cfg.image_tokens] < cfg.image_codes), name  # image slots: image codes only
+    for image_ids in (jnp.tile(jnp.asarray(image), (3, 1)), jnp.full((3, cfg.image_tokens), cfg.pad_id)):
+        ids = np.asarray(sample.write_text(tiny_model, image_ids, dcfg, key=jax.random.key(8)))
+        for row in ids:  # image->text and unconditional text: some real tokens, then PAD only
+            length = int((row != data.PAD).sum())
+            assert length >= 1 and np.all(row[:length] > data.MASK) and np.all(row[length:] == data.PAD)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command line on a tiny checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    vq = vqgan.VQGAN(vqgan.VQGANConfig(image_size=16, filters=8, channel_multipliers=(1, 1, 1),
+                                       num_res_blocks=1, embedding_dim=8, codebook_size=16, norm_groups=4),
+                     key=jax.random.key(0))
+    assert vq.cfg.tokens_per_side ** 2 == TINY.image_tokens
+    vqgan.save_vqgan(folder / "vqgan.eqx", vq)
+    model = upgen.UPGen(TINY, key=jax.random.key(1))
+    upgen.save_upgen(folder / "upgen.eqx", model, TOKENIZER)
+    images, _, _ = data.shapes(1, seed=0)
+    Image.fromarray(images[0]).save(folder / "shape.png")
+    (folder / "not_an_image.png").write_text("hello")
+    return folder
+
+
+def cli(capsys, *argv):
+    """Runs sample.py's main in this process -> (exit message or None, stdout)."""
+    try:
+        sample.main(list(argv))
+        message = None
+    except SystemExit as e:
+        message = str(e.code)
+    return message, capsys.readouterr().out
+
+
+def test_cli_draws_captions_and_inpaints(ckpt, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    common = ("--ckpt", str(ckpt), "--steps", "3", "--n", "2", "--out", str(out))
+    message, printed = cli(capsys, "--prompt", "a large red circle in the top left", "--show-steps", *common)
+    assert message is None and f"wrote {out}" in printed
+    assert Image.open(out).size == (2 * 18, 18)  # two 16x16 pictures with their gaps
+    assert Image.open(tmp_path / "grid_steps.png").size == (3 * 18, 2 * 18)  # a row per sample, a column per step
+    message, printed = cli(capsys, "--image", str(ckpt / "shape.png"), *common)
+    assert message is None and len(printed.strip().splitlines()) == 2  # one caption per sample
+    message, printed = cli(capsys, "--image", str(ckpt / "shape.png"), "--keep", "0,0,32,64",
+                           "--prompt", "a red circle", *common)
+    assert message is None and f"wrote {out}" in printed
+
+
+def test_cli_same_seed_same_pictures(ckpt, tmp_path, capsys):
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for path, seed in zip(paths, ("1", "1", "2")):
+        cli(capsys, "--ckpt", str(ckpt), "--steps", "3", "--prompt", "a circle", "--seed", seed, "--out", str(path))
+    pixels = [np.asarray(Image.open(p)) for p in paths]
+    assert np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[0], pixels[2])
+
+
+@pytest.mark.parametrize("prompt", ["", "zebra giraffe quux", "a red circle " * 800])
+def test_cli_odd_prompts_still_give_pictures(ckpt, tmp_path, capsys, prompt):
+    out = tmp_path / "grid.png"
+    message, printed = cli(capsys, "--ckpt", str(ckpt), "--steps", "2", "--prompt", prompt, "--out", str(out))
+    assert message is None and out.exists()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (("--image", "not_an_image.png"), "cannot read image"),
+    (("--image", "missing.png"), "cannot read image"),
+    (("--image", "shape.png", "--keep", "1,2"), "--keep"),
+    (("--keep", "0,0,8,8"), "--keep needs --image"),
+    (("--prompt", "a circle", "--ckpt", "nowhere"), "python train.py"),
+    (("--prompt", "a circle", "--ckpt", "broken"), "python train.py"),
+])
+def test_cli_bad_input_is_one_clear_line(ckpt, capsys, argv, says):
+    broken = ckpt / "broken"
+    broken.mkdir(exist_ok=True)
+    (broken / "upgen.eqx").write_bytes((ckpt / "upgen.eqx").read_bytes()[:500])
+    (broken / "vqgan.eqx").write_bytes((ckpt / "vqgan.eqx").read_bytes())
+    argv = [str(ckpt / a) if a.endswith(".png") or a in ("nowhere", "broken") else a for a in argv]
+    message, _ = cli(capsys, "--ckpt", str(ckpt), *argv)
+    assert message.startswith("error: ") and says in message and "\n" not in message
