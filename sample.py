@@ -300,6 +300,8 @@ def run(args):
         raise ValueError("--n and --steps must be at least 1")
     if args.keep is not None and args.image is None:
         raise ValueError("--keep needs --image: it says which part of that image to keep")
+    if args.image and args.prompt is not None and args.keep is None:
+        raise ValueError("--image with --prompt is inpainting: add --keep x0,y0,x1,y1, the part of the image to keep")
     model, tokenizer, tokenizer_model = load(args.ckpt)
     cfg = DecodeConfig(steps=args.steps, temperature=args.temperature)
     mcfg, size = model.cfg, tokenizer_model.cfg.image_size

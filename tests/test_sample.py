@@ -13,6 +13,7 @@ import upgen
 import vqgan
 
 MASK_ID = 99  # fake vocabulary of 100 ids for the model-free tests; 99 is [MASK]
+decode = jax.jit(sample.decode, static_argnums=0, static_argnames=("mask_id", "cfg"))  # compile once per shape
 
 
 def random_logits(seq):
@@ -38,7 +39,7 @@ def test_masked_counts_follow_the_cosine_formula_in_the_decoder(n, steps):
     formula = [math.floor(n * math.cos(math.pi / 2 * t / steps)) for t in range(1, steps + 1)]
     assert list(np.asarray(sample.masked_counts(jnp.array([n]), steps))[0]) == formula
     tokens = jnp.full((2, n), MASK_ID)
-    states = sample.decode(random_logits, tokens, mask_id=MASK_ID, cfg=sample.DecodeConfig(steps=steps),
+    states = decode(random_logits, tokens, mask_id=MASK_ID, cfg=sample.DecodeConfig(steps=steps),
                            key=jax.random.key(1))
     assert states.shape == (steps, 2, n)
     for b in range(2):
@@ -49,7 +50,7 @@ def test_known_tokens_are_never_remasked_nor_changed():
     tokens = jnp.tile(jnp.arange(40) % 7, (3, 1))
     unknown = jax.random.bernoulli(jax.random.key(2), 0.6, tokens.shape)
     tokens = jnp.where(unknown, MASK_ID, tokens)
-    states = sample.decode(random_logits, tokens, mask_id=MASK_ID, key=jax.random.key(3))
+    states = decode(random_logits, tokens, mask_id=MASK_ID, key=jax.random.key(3))
     for state in states:
         assert jnp.all(jnp.where(unknown, True, state == tokens))
     assert not jnp.any(states[-1] == MASK_ID)
@@ -60,13 +61,13 @@ def test_a_model_sure_of_one_token_gets_it_everywhere():
         return jnp.where(jnp.arange(100) == 7, 50.0, 0.0) * jnp.ones((*seq.shape, 1))
 
     tokens = jnp.full((2, 64), MASK_ID).at[:, :5].set(3)
-    final = sample.decode(sure_of_seven, tokens, mask_id=MASK_ID, key=jax.random.key(4))[-1]
+    final = decode(sure_of_seven, tokens, mask_id=MASK_ID, key=jax.random.key(4))[-1]
     assert jnp.all(final[:, :5] == 3) and jnp.all(final[:, 5:] == 7)
 
 
 def test_same_seed_same_tokens_other_seed_other_tokens():
     tokens = jnp.full((2, 64), MASK_ID)
-    run = lambda seed: sample.decode(random_logits, tokens, mask_id=MASK_ID, key=jax.random.key(seed))[-1]  # noqa: E731
+    run = lambda seed: decode(random_logits, tokens, mask_id=MASK_ID, key=jax.random.key(seed))[-1]  # noqa: E731
     assert jnp.array_equal(run(5), run(5))
     assert not jnp.array_equal(run(5), run(6))
 
@@ -111,15 +112,14 @@ def test_every_mode_keeps_its_known_tokens(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(tmp_path_factory, tiny_model):
     folder = tmp_path_factory.mktemp("ckpt")
     vq = vqgan.VQGAN(vqgan.VQGANConfig(image_size=16, filters=8, channel_multipliers=(1, 1, 1),
                                        num_res_blocks=1, embedding_dim=8, codebook_size=16, norm_groups=4),
                      key=jax.random.key(0))
     assert vq.cfg.tokens_per_side ** 2 == TINY.image_tokens
     vqgan.save_vqgan(folder / "vqgan.eqx", vq)
-    model = upgen.UPGen(TINY, key=jax.random.key(1))
-    upgen.save_upgen(folder / "upgen.eqx", model, TOKENIZER)
+    upgen.save_upgen(folder / "upgen.eqx", tiny_model, TOKENIZER)
     images, _, _ = data.shapes(1, seed=0)
     Image.fromarray(images[0]).save(folder / "shape.png")
     (folder / "not_an_image.png").write_text("hello")
@@ -170,6 +170,7 @@ def test_cli_odd_prompts_still_give_pictures(ckpt, tmp_path, capsys, prompt):
     (("--image", "missing.png"), "cannot read image"),
     (("--image", "shape.png", "--keep", "1,2"), "--keep"),
     (("--keep", "0,0,8,8"), "--keep needs --image"),
+    (("--image", "shape.png", "--prompt", "a circle"), "add --keep"),
     (("--prompt", "a circle", "--ckpt", "nowhere"), "python train.py"),
     (("--prompt", "a circle", "--ckpt", "broken"), "python train.py"),
 ])
