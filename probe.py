@@ -148,13 +148,14 @@ def class_folder(path, image_size):
         files = sorted(f for f in (root / name).rglob("*") if f.is_file() and not f.name.startswith("."))
         if not files:
             raise ValueError(f"class folder {root / name} is empty: put its images in it or remove it")
+        readable = len(images)
         for file in files:
             try:
                 images.append(data.load_image(file, image_size))
                 labels.append(label)
             except ValueError as e:  # an unreadable file is skipped and counted, not fatal
                 skipped.append(str(e))
-        if label not in labels:
+        if len(images) == readable:
             raise ValueError(f"class folder {root / name} has no readable image ({len(files)} files; {skipped[-1]})")
     return np.stack(images), np.array(labels, np.int32)[:, None], classes, skipped
 
@@ -163,8 +164,8 @@ def load_frozen(ckpt):
     """A checkpoint folder with upgen.eqx and vqgan.eqx -> (model, vqgan)."""
     ckpt = Path(ckpt)
     if not (ckpt / "upgen.eqx").is_file() or not (ckpt / "vqgan.eqx").is_file():
-        raise FileNotFoundError(f"no checkpoint in {ckpt} (needs upgen.eqx and vqgan.eqx): "
-                                f"make one with `python train.py --out {ckpt}`")
+        raise FileNotFoundError(f"no checkpoint in {ckpt} (needs upgen.eqx and vqgan.eqx): train one with "
+                                f"`python train.py`, then run `python probe.py --ckpt runs/shapes`")
     model, _ = load_upgen(ckpt / "upgen.eqx")
     vqgan = load_vqgan(ckpt / "vqgan.eqx")
     if vqgan.cfg.codebook_size != model.cfg.image_codes or vqgan.cfg.tokens_per_side ** 2 != model.cfg.image_tokens:
