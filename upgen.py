@@ -25,10 +25,10 @@ class UPGenConfig:
     image_tokens: int = 64             # image tokens per example (8x8 for 64x64 shapes pictures)
     text_vocab: int                    # data.Tokenizer.vocab_size; text token t is id image_codes + t
     text_tokens: int = 16              # text tokens per example (the tokenizer's padded length)
-    width: int = 192                   # residual stream width
+    width: int = 128                   # residual stream width (laptop default: ~1M params, 4 MB on disk)
     depth: int = 4                     # transformer blocks
-    heads: int = 6                     # attention heads (width // heads per head)
-    mlp: int = 768                     # hidden units of each block's MLP
+    heads: int = 4                     # attention heads (width // heads per head)
+    mlp: int = 512                     # hidden units of each block's MLP
     compute_dtype: str = "float32"     # matmul dtype: "bfloat16" on accelerators; params and loss stay float32
     image_weight: float = 1.0          # loss weight of a masked image token
     paired_text_weight: float = 0.1    # ... of a masked caption token (text that comes with an image)
@@ -185,7 +185,8 @@ class UPGen(eqx.Module):
         self.cfg = cfg
 
     def __call__(self, tokens, *, hidden=False):
-        """tokens int32 (L,) -> logits float32 (L, V); with hidden=True also (depth, L, D) block outputs."""
+        """tokens int32 (L,) -> logits float32 (L, V); with hidden=True also the residual stream after
+        every block, float32 (depth, L, D), for the linear probe."""
         cfg, dtype = self.cfg, jnp.dtype(self.cfg.compute_dtype)
         slot_modality = (jnp.arange(cfg.seq_len) >= cfg.image_tokens).astype(jnp.int32)  # (L,) 0 image, 1 text
         x = jax.vmap(self.embed)(tokens)                                    # (L, D)
@@ -224,6 +225,7 @@ def load_upgen(path):
         raise ValueError(f"{path} is no UPGen model file (upgen.eqx is written by train.py)")
     header, model = data.load_checkpoint(path, skeleton)
     return model, data.Tokenizer(tuple(header["tokenizer"]["words"]), header["tokenizer"]["length"])
+
 
 # ---------------------------------------------------------------------------------------------------
 # The objective
