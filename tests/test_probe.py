@@ -13,7 +13,7 @@ from vqgan import VQGAN, VQGANConfig, save_vqgan
 def ckpt(tmp_path_factory):
     """A tiny random-init checkpoint folder, as train.py lays it out: 64px pictures -> 8x8 tokens."""
     folder = tmp_path_factory.mktemp("ckpt")
-    vq_cfg = VQGANConfig(image_size=64, filters=8, channel_multipliers=(1, 2, 2, 2), embedding_dim=8,
+    vq_cfg = VQGANConfig(image_size=64, filters=8, channel_multipliers=(1, 1, 1, 1), embedding_dim=8,
                          codebook_size=32, norm_groups=4)
     tokenizer = data.build_tokenizer(["a large red circle in the top left"])
     cfg = UPGenConfig(image_codes=32, image_tokens=vq_cfg.tokens_per_side ** 2, text_vocab=tokenizer.vocab_size,
@@ -60,7 +60,7 @@ def test_probe_on_a_class_folder_end_to_end(ckpt, tmp_path, capsys):
         for i in range(10):
             data.Image.fromarray(data.render(label, rng)).save(tmp_path / name / f"{i}.png")
     (tmp_path / "red_circles" / "broken.jpg").write_bytes(b"not a picture")
-    scores = probe.main(["--ckpt", str(ckpt), "--folder", str(tmp_path), "--epochs", "5"])
+    scores = probe.main(["--ckpt", str(ckpt), "--folder", str(tmp_path)])
     out = capsys.readouterr().out
     assert "skipped 1 unreadable file" in out and "broken.jpg" in out
     assert "2 classes" in out
@@ -70,7 +70,7 @@ def test_probe_on_a_class_folder_end_to_end(ckpt, tmp_path, capsys):
 
 
 def test_probe_on_the_shapes_world_scores_all_four_tasks(ckpt, capsys):
-    scores = probe.main(["--ckpt", str(ckpt), "--n", "40", "--epochs", "2", "--layer", "0"])
+    scores = probe.main(["--ckpt", str(ckpt), "--n", "20", "--layer", "0"])
     out = capsys.readouterr().out
     assert all(task in out for task in data.LABELS)
     assert all(len(s) == 4 for s in scores.values())
