@@ -117,15 +117,17 @@ def probe(model: UPGen, vqgan, images, labels, cfg: ProbeConfig, *, layer=None, 
     if layer is not None and not -depth <= layer < depth:
         raise ValueError(f"--layer {layer} does not exist: the model has layers 0..{depth - 1} (or -1 for the last)")
     init_key, split_key, probe_key = jax.random.split(key, 3)
+    order = np.asarray(jax.random.permutation(split_key, len(images)))
+    n_test = max(1, round(cfg.test_fraction * len(images)))
+    test, train = order[:n_test], order[n_test:]
+    if len(train) == 0:
+        raise ValueError(f"{len(images)} images are too few to train on some and hold out the rest")
     image_ids = in_batches(lambda x: encode_images(vqgan, x), images, cfg.batch_size)  # (n, Ni)
     sources = {
         "upgen": model_features(model, image_ids, layer, cfg.batch_size),
         "random init": model_features(UPGen(model.cfg, key=init_key), image_ids, layer, cfg.batch_size),
         "pixels": pixel_features(images),
     }
-    order = np.asarray(jax.random.permutation(split_key, len(images)))
-    n_test = max(1, round(cfg.test_fraction * len(images)))
-    test, train = order[:n_test], order[n_test:]
     n_classes = [int(y.max()) + 1 for y in labels.T]
     return {name: linear_probe(x[train], labels[train], x[test], labels[test], n_classes, cfg, key=probe_key)
             for name, x in sources.items()}
@@ -178,7 +180,7 @@ def main(argv=None):
     parser.add_argument("--ckpt", default="checkpoints/shapes", help="folder with upgen.eqx and vqgan.eqx")
     parser.add_argument("--folder", help="probe on this folder of images, one subfolder per class, "
                         "instead of the shapes world")
-    parser.add_argument("--n", type=int, default=3000, help="shapes pictures to probe on (train + held out)")
+    parser.add_argument("--shapes", type=int, default=3000, help="shapes-world pictures to probe on, train and held out")
     parser.add_argument("--layer", type=int, help="probe this one layer (0 = first, -1 = last); default all, concatenated")
     parser.add_argument("--epochs", type=int, default=ProbeConfig.epochs, help="passes of the classifier over the training split")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shapes pictures, the split, random init and the probe")
@@ -193,7 +195,7 @@ def main(argv=None):
         else:
             if vqgan.cfg.image_size != data.ShapesConfig().image_size:
                 raise ValueError(f"{args.ckpt} takes {vqgan.cfg.image_size}px images, not shapes pictures: use --folder")
-            images, _, labels = data.shapes(args.n, args.seed)
+            images, _, labels = data.shapes(args.shapes, args.seed)
             tasks = list(data.LABELS)
         cfg = ProbeConfig(epochs=args.epochs)
         scores = probe(model, vqgan, images, labels, cfg, layer=args.layer, key=jax.random.key(args.seed))

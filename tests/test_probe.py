@@ -70,7 +70,7 @@ def test_probe_on_a_class_folder_end_to_end(ckpt, tmp_path, capsys):
 
 
 def test_probe_on_the_shapes_world_scores_all_four_tasks(ckpt, capsys):
-    scores = probe.main(["--ckpt", str(ckpt), "--n", "20", "--layer", "0"])
+    scores = probe.main(["--ckpt", str(ckpt), "--shapes", "20", "--layer", "0"])
     out = capsys.readouterr().out
     assert all(task in out for task in data.LABELS)
     assert all(len(s) == 4 for s in scores.values())
@@ -90,4 +90,5 @@ def test_bad_class_folders_get_a_one_line_error(ckpt, tmp_path):
 
 def test_missing_checkpoint_or_layer_says_what_to_do(ckpt, tmp_path):
     assert "python train.py" in error_of(["--ckpt", str(tmp_path)])
-    assert "layers 0..1" in error_of(["--ckpt", str(ckpt), "--n", "4", "--layer", "2"])
+    assert "layers 0..1" in error_of(["--ckpt", str(ckpt), "--shapes", "4", "--layer", "2"])
+    assert "too few" in error_of(["--ckpt", str(ckpt), "--shapes", "1"])
