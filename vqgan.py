@@ -1,0 +1,541 @@
+"""The image tokenizer: MaskGIT's ConvNet VQGAN in Equinox, its checkpoint loader, and a small trainer.
+
+A picture goes through a convolutional encoder, each latent vector is replaced by the index of its
+nearest codebook vector (its token), and a convolutional decoder turns the codes back into a picture.
+    python vqgan.py --out checkpoints/shapes/vqgan.eqx     # train the shapes tokenizer (64x64 -> 8x8 tokens)
+    python vqgan.py --maskgit-count                        # the 256x256 config's size vs MaskGIT's checkpoint
+    python vqgan.py --from-maskgit tokenizer_imagenet256_checkpoint --out imagenet_vqgan.eqx
+Read next: upgen.py, the transformer that models these tokens.
+"""
+import argparse
+import dataclasses
+import math
+import struct
+import sys
+import time
+from dataclasses import dataclass
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+import data
+
+
+@dataclass(frozen=True)
+class VQGANConfig:
+    image_size: int = 64  # pictures are image_size x image_size RGB, values in [0, 1]
+    filters: int = 32  # channels of the first level; level i has filters * channel_multipliers[i]
+    channel_multipliers: tuple[int, ...] = (1, 2, 2, 4)  # one level each; the image halves between levels
+    num_res_blocks: int = 1  # residual blocks per level (and in the middle)
+    embedding_dim: int = 64  # size of a latent vector and of a codebook entry
+    codebook_size: int = 512  # number of distinct image tokens
+    norm_groups: int = 32  # GroupNorm groups (Flax's default, which MaskGIT keeps)
+
+    def __post_init__(self):
+        if self.image_size % self.downsampling:
+            raise ValueError(f"image_size {self.image_size} is not divisible by {self.downsampling}")
+
+    @property
+    def downsampling(self):  # pixels per token along each side
+        return 2 ** (len(self.channel_multipliers) - 1)
+
+    @property
+    def tokens_per_side(self):
+        return self.image_size // self.downsampling
+
+
+# MaskGIT's ImageNet tokenizer (maskgit/configs/vqgan_config.py): 256x256 -> 16x16 tokens, ~54.5M parameters.
+MASKGIT_IMAGENET = VQGANConfig(image_size=256, filters=128, channel_multipliers=(1, 1, 2, 2, 4),
+                               num_res_blocks=2, embedding_dim=256, codebook_size=1024)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model. Every module works on one example, channels first: (C, H, W).
+
+def conv(cin, cout, size, *, key, bias=True):
+    """Flax's nn.Conv with padding 'SAME' for odd kernels, stride 1."""
+    return eqx.nn.Conv2d(cin, cout, size, padding=size // 2, use_bias=bias, key=key)
+
+
+def norm(cfg, channels):
+    return eqx.nn.GroupNorm(cfg.norm_groups, channels, eps=1e-6)  # Flax GroupNorm's epsilon
+
+
+def downsample(x):  # (C, H, W) -> (C, H/2, W/2); MaskGIT's TF-style 2x2 average pool, H and W even
+    c, h, w = x.shape
+    return x.reshape(c, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+
+
+def upsample(x):  # (C, H, W) -> (C, 2H, 2W), nearest neighbour as jax.image.resize(method="nearest")
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class ResBlock(eqx.Module):
+    norm1: eqx.nn.GroupNorm
+    conv1: eqx.nn.Conv2d
+    norm2: eqx.nn.GroupNorm
+    conv2: eqx.nn.Conv2d
+    shortcut: eqx.nn.Conv2d | None  # 1x1, only where the channel count changes
+
+    def __init__(self, cfg, cin, cout, *, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.norm1, self.conv1 = norm(cfg, cin), conv(cin, cout, 3, key=k1, bias=False)
+        self.norm2, self.conv2 = norm(cfg, cout), conv(cout, cout, 3, key=k2, bias=False)
+        self.shortcut = conv(cout, cout, 1, key=k3, bias=False) if cin != cout else None
+
+    def __call__(self, x):  # (cin, H, W) -> (cout, H, W)
+        h = self.conv1(jax.nn.swish(self.norm1(x)))
+        h = self.conv2(jax.nn.swish(self.norm2(h)))
+        # MaskGIT's quirk, kept so its weights give its outputs: where the width changes, the
+        # "shortcut" projects the block's own output h, so the input x never reaches the output.
+        return h + (x if self.shortcut is None else self.shortcut(h))
+
+
+def res_blocks(cfg, cin, cout, *, key):
+    keys = jax.random.split(key, cfg.num_res_blocks)
+    return tuple(ResBlock(cfg, cin if i == 0 else cout, cout, key=k) for i, k in enumerate(keys))
+
+
+class Encoder(eqx.Module):
+    conv_in: eqx.nn.Conv2d
+    levels: tuple[tuple[ResBlock, ...], ...]  # full resolution first; downsample after all but the last
+    middle: tuple[ResBlock, ...]
+    norm_out: eqx.nn.GroupNorm
+    conv_out: eqx.nn.Conv2d
+
+    def __init__(self, cfg, *, key):
+        keys = jax.random.split(key, len(cfg.channel_multipliers) + 3)
+        widths = [cfg.filters * m for m in cfg.channel_multipliers]
+        self.conv_in = conv(3, cfg.filters, 3, key=keys[0], bias=False)
+        self.levels = tuple(res_blocks(cfg, cin, cout, key=k)
+                            for cin, cout, k in zip([cfg.filters] + widths, widths, keys[3:]))
+        self.middle = res_blocks(cfg, widths[-1], widths[-1], key=keys[1])
+        self.norm_out = norm(cfg, widths[-1])
+        self.conv_out = conv(widths[-1], cfg.embedding_dim, 1, key=keys[2])
+
+    def __call__(self, image):  # (3, H, W) in [0, 1] -> (D, h, w)
+        x = self.conv_in(image)
+        for i, level in enumerate(self.levels):
+            for block in level:
+                x = block(x)
+            if i < len(self.levels) - 1:
+                x = downsample(x)
+        for block in self.middle:
+            x = block(x)
+        return self.conv_out(jax.nn.swish(self.norm_out(x)))
+
+
+class Decoder(eqx.Module):
+    conv_in: eqx.nn.Conv2d
+    middle: tuple[ResBlock, ...]
+    levels: tuple[tuple[ResBlock, ...], ...]  # deepest first; upsample + conv after all but the last
+    upsample_convs: tuple[eqx.nn.Conv2d, ...]
+    norm_out: eqx.nn.GroupNorm
+    conv_out: eqx.nn.Conv2d
+
+    def __init__(self, cfg, *, key):
+        keys = jax.random.split(key, 2 * len(cfg.channel_multipliers) + 2)
+        widths = [cfg.filters * m for m in reversed(cfg.channel_multipliers)]
+        self.conv_in = conv(cfg.embedding_dim, widths[0], 3, key=keys[0])
+        self.middle = res_blocks(cfg, widths[0], widths[0], key=keys[1])
+        self.levels = tuple(res_blocks(cfg, cin, cout, key=k)
+                            for cin, cout, k in zip([widths[0]] + widths, widths, keys[2::2]))
+        self.upsample_convs = tuple(conv(w, w, 3, key=k) for w, k in zip(widths[:-1], keys[3::2]))
+        self.norm_out = norm(cfg, widths[-1])
+        self.conv_out = conv(widths[-1], 3, 3, key=keys[-1])
+
+    def __call__(self, z):  # (D, h, w) -> (3, H, W), roughly in [0, 1]
+        x = self.conv_in(z)
+        for block in self.middle:
+            x = block(x)
+        for i, level in enumerate(self.levels):
+            for block in level:
+                x = block(x)
+            if i < len(self.levels) - 1:
+                x = self.upsample_convs[i](upsample(x))
+        return self.conv_out(jax.nn.swish(self.norm_out(x)))
+
+
+class Quantizer(eqx.Module):
+    codebook: jax.Array  # (K, D)
+
+    def __call__(self, z):  # (D, h, w) -> token ids (h, w), the nearest code of each latent vector
+        flat = z.reshape(z.shape[0], -1).T  # (h*w, D)
+        # MaskGIT's expansion |a|^2 - 2ab + |b|^2, so ties and rounding break the same way
+        distances = (flat ** 2).sum(1, keepdims=True) - 2 * flat @ self.codebook.T + (self.codebook ** 2).sum(1)
+        return jnp.argmin(distances, axis=1).reshape(z.shape[1:])
+
+    def lookup(self, ids):  # (h, w) -> (D, h, w)
+        return jnp.moveaxis(self.codebook[ids], -1, 0)
+
+
+class VQGAN(eqx.Module):
+    cfg: VQGANConfig = eqx.field(static=True)
+    encoder: Encoder
+    quantizer: Quantizer
+    decoder: Decoder
+
+    def __init__(self, cfg=VQGANConfig(), *, key):
+        k_enc, k_code, k_dec = jax.random.split(key, 3)
+        self.cfg = cfg
+        self.encoder = Encoder(cfg, key=k_enc)
+        limit = math.sqrt(3 / cfg.codebook_size)  # MaskGIT: variance_scaling(1, fan_in, uniform)
+        self.quantizer = Quantizer(jax.random.uniform(k_code, (cfg.codebook_size, cfg.embedding_dim),
+                                                      minval=-limit, maxval=limit))
+        self.decoder = Decoder(cfg, key=k_dec)
+
+    def encode(self, image):  # (3, H, W) in [0, 1] -> token ids (h, w)
+        return self.quantizer(self.encoder(image))
+
+    def decode(self, ids):  # token ids (h, w) -> (3, H, W)
+        return self.decoder(self.quantizer.lookup(ids))
+
+    def __call__(self, image):
+        """Training forward: (3, H, W) -> (reconstruction, encoder output z, its codes q, ids (h, w))."""
+        z = self.encoder(image)  # (D, h, w)
+        ids = self.quantizer(z)
+        q = self.quantizer.lookup(ids)  # (D, h, w)
+        straight_through = z + jax.lax.stop_gradient(q - z)  # the decoder's gradient flows to the encoder
+        return self.decoder(straight_through), z, q, ids
+
+
+def init_vqgan(cfg, *, seed):
+    """A VQGAN to train from scratch. Weights are drawn with numpy because eager JAX compiles one
+    random kernel per parameter shape (about a minute on 2 busy cores). Conv kernels ~ U(+-1/sqrt(fan_in))
+    and conv biases 0 (as PyTorch), GroupNorm scale 1 and bias 0, codebook ~ U(+-sqrt(3/K)) (as MaskGIT)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):  # leaf: the shape and dtype of one parameter
+        name = path[-1].name
+        if name == "codebook" or leaf.ndim == 4:
+            bound = math.sqrt(3 / leaf.shape[0]) if name == "codebook" else 1 / math.sqrt(math.prod(leaf.shape[1:]))
+            return jnp.asarray(rng.uniform(-bound, bound, leaf.shape), jnp.float32)
+        return jnp.ones(leaf.shape) if name == "weight" and leaf.ndim == 1 else jnp.zeros(leaf.shape)
+
+    return jax.tree_util.tree_map_with_path(draw, eqx.filter_eval_shape(VQGAN, cfg, key=jax.random.key(0)))
+
+
+def parameter_count(model):
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(model) if hasattr(x, "shape"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Images in, tokens out, and back.
+
+@eqx.filter_jit
+def _encode(model, images):  # uint8 (B, H, W, 3) -> int32 (B, h*w)
+    x = jnp.moveaxis(images.astype(jnp.float32) / 255, -1, 1)
+    return jax.vmap(model.encode)(x).reshape(images.shape[0], -1).astype(jnp.int32)
+
+
+@eqx.filter_jit
+def _decode(model, ids):  # int32 (B, h*w) -> uint8 (B, H, W, 3)
+    side = model.cfg.tokens_per_side
+    x = jax.vmap(model.decode)(ids.reshape(-1, side, side))
+    return jnp.round(jnp.clip(jnp.moveaxis(x, 1, -1), 0, 1) * 255).astype(jnp.uint8)
+
+
+def encode_images(model, images):
+    """uint8 (B, H, W, 3) pictures -> int32 (B, h*w) token ids in raster order."""
+    images = np.asarray(images)
+    size = model.cfg.image_size
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        raise ValueError(f"this tokenizer takes uint8 pictures of shape (B, {size}, {size}, 3), "
+                         f"got {images.dtype} {images.shape}; resize them first (e.g. data.load_image)")
+    return np.asarray(_encode(model, images))
+
+
+def decode_tokens(model, ids):
+    """int32 (B, h*w) token ids -> uint8 (B, H, W, 3) pictures."""
+    ids = np.asarray(ids)
+    tokens, codes = model.cfg.tokens_per_side ** 2, model.cfg.codebook_size
+    if ids.ndim != 2 or ids.shape[1] != tokens or ids.size and not 0 <= ids.min() <= ids.max() < codes:
+        raise ValueError(f"this tokenizer decodes ids in [0, {codes}) of shape (B, {tokens}), got {ids.shape}")
+    return np.asarray(_decode(model, ids.astype(np.int32)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: our own .eqx, and MaskGIT's released Flax msgpack file.
+
+def save_vqgan(path, model):
+    data.save_checkpoint(path, {"kind": "vqgan", "config": dataclasses.asdict(model.cfg)}, model)
+
+
+def load_vqgan(path):
+    def skeleton(header):
+        if header.get("kind") != "vqgan":
+            raise ValueError(f"{path} is not a vqgan checkpoint (kind {header.get('kind')!r})")
+        cfg = VQGANConfig(**{**header["config"], "channel_multipliers": tuple(header["config"]["channel_multipliers"])})
+        return eqx.filter_eval_shape(VQGAN, cfg, key=jax.random.key(0))
+    return data.load_checkpoint(path, skeleton)[1]
+
+
+def read_msgpack(buf):
+    """Decode msgpack bytes (the subset Flax writes) into dicts, lists, str, numbers and numpy arrays.
+
+    Flax stores each array as extension type 1 (3 for a numpy scalar) whose payload is itself
+    msgpack: [shape, dtype name, raw C-order bytes]. A reader of our own keeps msgpack off the
+    dependency list.
+    """
+    view, pos = memoryview(buf), 0
+
+    def take(n):
+        nonlocal pos
+        if pos + n > len(view):
+            raise ValueError("the file is truncated")
+        pos += n
+        return view[pos - n:pos]
+
+    def uint(n):
+        return int.from_bytes(take(n), "big")
+
+    def extension(code, payload):
+        if code not in (1, 3):
+            raise ValueError(f"unknown msgpack extension type {code}")
+        shape, dtype, raw = read_msgpack(payload)
+        return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
+
+    def item():
+        b = uint(1)
+        if b <= 0x7F or b >= 0xE0:  # positive / negative fixint
+            return b if b <= 0x7F else b - 0x100
+        if 0x80 <= b <= 0x8F or b in (0xDE, 0xDF):  # map
+            n = b & 0x0F if b <= 0x8F else uint(2 if b == 0xDE else 4)
+            return {item(): item() for _ in range(n)}
+        if 0x90 <= b <= 0x9F or b in (0xDC, 0xDD):  # array
+            n = b & 0x0F if b <= 0x9F else uint(2 if b == 0xDC else 4)
+            return [item() for _ in range(n)]
+        if 0xA0 <= b <= 0xBF or 0xD9 <= b <= 0xDB:  # str
+            n = b & 0x1F if b <= 0xBF else uint(1 << (b - 0xD9))
+            return str(take(n), "utf-8")
+        if b in (0xC0, 0xC2, 0xC3):
+            return {0xC0: None, 0xC2: False, 0xC3: True}[b]
+        if 0xC4 <= b <= 0xC6:  # bin 8/16/32
+            return bytes(take(uint(1 << (b - 0xC4))))
+        if 0xC7 <= b <= 0xC9:  # ext 8/16/32
+            n = uint(1 << (b - 0xC7))
+            code = uint(1)
+            return extension(code, take(n))
+        if 0xD4 <= b <= 0xD8:  # fixext 1/2/4/8/16
+            code = uint(1)
+            return extension(code, take(1 << (b - 0xD4)))
+        if b in (0xCA, 0xCB):
+            return struct.unpack(">f" if b == 0xCA else ">d", take(4 if b == 0xCA else 8))[0]
+        if 0xCC <= b <= 0xD3:  # uint / int 8..64
+            n = 1 << ((b - 0xCC) % 4)
+            return int.from_bytes(take(n), "big", signed=b >= 0xD0)
+        raise ValueError(f"byte 0x{b:02x} at offset {pos - 1} is not msgpack")
+
+    value = item()
+    if pos != len(view):
+        raise ValueError(f"{len(view) - pos} bytes follow the msgpack data")
+    return value
+
+
+def maskgit_names(model):
+    """{name in MaskGIT's Flax checkpoint: the array of model it becomes}, e.g. 'encoder/ResBlock_3/Conv_1/kernel'.
+
+    Flax names a module's children by type and creation order: Conv_0, Conv_1, ..., ResBlock_0, ...
+    """
+    names = {"quantizer/codebook": model.quantizer.codebook}
+
+    def conv_(name, c):
+        names[f"{name}/kernel"] = c.weight
+        if c.bias is not None:
+            names[f"{name}/bias"] = c.bias
+
+    def norm_(name, n):
+        names[f"{name}/scale"], names[f"{name}/bias"] = n.weight, n.bias
+
+    def blocks(prefix, blocks):
+        for i, b in enumerate(blocks):
+            norm_(f"{prefix}/ResBlock_{i}/GroupNorm_0", b.norm1)
+            conv_(f"{prefix}/ResBlock_{i}/Conv_0", b.conv1)
+            norm_(f"{prefix}/ResBlock_{i}/GroupNorm_1", b.norm2)
+            conv_(f"{prefix}/ResBlock_{i}/Conv_1", b.conv2)
+            if b.shortcut is not None:
+                conv_(f"{prefix}/ResBlock_{i}/Conv_2", b.shortcut)
+
+    enc, dec = model.encoder, model.decoder
+    conv_("encoder/Conv_0", enc.conv_in)
+    blocks("encoder", [b for level in enc.levels for b in level] + list(enc.middle))
+    norm_("encoder/GroupNorm_0", enc.norm_out)
+    conv_("encoder/Conv_1", enc.conv_out)
+    conv_("decoder/Conv_0", dec.conv_in)
+    blocks("decoder", list(dec.middle) + [b for level in dec.levels for b in level])
+    for i, c in enumerate(dec.upsample_convs):
+        conv_(f"decoder/Conv_{i + 1}", c)
+    norm_("decoder/GroupNorm_0", dec.norm_out)
+    conv_(f"decoder/Conv_{len(dec.upsample_convs) + 1}", dec.conv_out)
+    return names
+
+
+def _flax_shape(name, array):  # Flax keeps conv kernels as (kh, kw, in, out) and conv biases as (out,)
+    if name.endswith("kernel"):
+        return array.shape[2:] + array.shape[1::-1]
+    return array.shape[:1] if array.ndim == 3 else array.shape
+
+
+def _flatten(tree, prefix=""):
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}/").items()}
+
+
+def load_maskgit(path, cfg=MASKGIT_IMAGENET):
+    """MaskGIT's released tokenizer checkpoint (flax.serialization bytes of {'params': ...}) -> VQGAN."""
+    try:
+        with open(path, "rb") as f:
+            tree = read_msgpack(f.read())
+    except ValueError as e:
+        raise ValueError(f"{path} is not a MaskGIT checkpoint: {e}") from None
+    if not isinstance(tree, dict) or not isinstance(tree.get("params"), dict):
+        raise ValueError(f"{path} is not a MaskGIT checkpoint: it holds no 'params' dictionary")
+    stored = _flatten(tree["params"])
+    model = eqx.filter_eval_shape(VQGAN, cfg, key=jax.random.key(0))  # shapes only; the file fills it
+    names = maskgit_names(model)
+    missing, unexpected = names.keys() - stored.keys(), stored.keys() - names.keys()
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match {cfg}: missing {sorted(missing)[:3]} ({len(missing)} in all), "
+                         f"unexpected {sorted(unexpected)[:3]} ({len(unexpected)} in all)")
+    arrays = []
+    for name, ours in names.items():
+        theirs = stored[name]
+        if not isinstance(theirs, np.ndarray) or theirs.shape != _flax_shape(name, ours):
+            raise ValueError(f"{path}: {name} has shape {getattr(theirs, 'shape', type(theirs).__name__)}, "
+                             f"expected {_flax_shape(name, ours)} for {cfg}")
+        theirs = theirs.astype(np.float32)
+        arrays.append(theirs.transpose(3, 2, 0, 1) if name.endswith("kernel") else theirs.reshape(ours.shape))
+    return eqx.tree_at(lambda m: list(maskgit_names(m).values()), model, [jnp.asarray(a) for a in arrays])
+
+
+# ----------------------------------------------------------------------------------------------
+# Training a small tokenizer.
+
+@dataclass(frozen=True)
+class VQGANTrainConfig:
+    steps: int = 3000  # optimiser steps
+    batch_size: int = 32  # pictures per step
+    lr: float = 2e-3  # Adam's peak learning rate (linear warmup, then cosine decay)
+    warmup: int = 100  # steps of learning-rate warmup
+    commitment: float = 0.25  # beta: how strongly the encoder is pulled towards its codes
+    restart_every: int = 100  # every this many steps, codes unused since the last check move onto latents
+    train_pictures: int = 20_000  # size of the training pool (rendered once)
+    max_minutes: float = 4.5  # stop early past this wall-clock budget, so one command stays under 5 minutes
+    seed: int = 0  # seed of the weights and the training pictures
+
+
+def vq_loss(model, images, commitment):
+    """images float (B, 3, H, W) in [0, 1] -> (loss, (reconstruction MSE, ids (B, h, w), latents (B, h, w, D)))."""
+    recon, z, q, ids = jax.vmap(model)(images)
+    reconstruction = jnp.mean((recon - images) ** 2)
+    codebook = jnp.mean((q - jax.lax.stop_gradient(z)) ** 2)  # moves codes towards the encoder's outputs
+    commit = jnp.mean((jax.lax.stop_gradient(q) - z) ** 2)  # keeps the encoder near its codes
+    return reconstruction + codebook + commitment * commit, (reconstruction, ids, jnp.moveaxis(z, 1, -1))
+
+
+@eqx.filter_jit(donate="all-except-first")
+def train_step(optimiser, model, opt_state, images, commitment):
+    x = jnp.moveaxis(images.astype(jnp.float32) / 255, -1, 1)  # uint8 (B, H, W, 3) -> (B, 3, H, W)
+    (loss, aux), grads = eqx.filter_value_and_grad(vq_loss, has_aux=True)(model, x, commitment)
+    updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    return eqx.apply_updates(model, updates), opt_state, loss, aux
+
+
+def restart_dead_codes(model, used, latents, *, key):
+    """Move every code not used since the last check onto a random latent of the current batch."""
+    dead = np.flatnonzero(~used)
+    if len(dead) == 0:
+        return model
+    flat = latents.reshape(-1, latents.shape[-1])  # (B*h*w, D)
+    picks = jax.random.choice(key, len(flat), (len(dead),), replace=len(dead) > len(flat))
+    return eqx.tree_at(lambda m: m.quantizer.codebook, model, model.quantizer.codebook.at[dead].set(flat[picks]))
+
+
+def evaluate(model, images, labels, batch=100):
+    """-> (PSNR in dB over all pictures pooled, fraction of codes used, fraction of pictures whose reconstruction
+    data.read_picture reads as the same 4 attributes)."""
+    ids = np.concatenate([encode_images(model, images[i:i + batch]) for i in range(0, len(images), batch)])
+    recon = np.concatenate([decode_tokens(model, ids[i:i + batch]) for i in range(0, len(ids), batch)])
+    mse = np.mean((recon.astype(np.float64) - images) ** 2)
+    kept = np.mean([data.read_picture(r) == tuple(l) for r, l in zip(recon, labels.tolist())])
+    return 10 * np.log10(255 ** 2 / mse), len(np.unique(ids)) / model.cfg.codebook_size, kept
+
+
+def train_vqgan(out_path, cfg=VQGANConfig(), train=VQGANTrainConfig(), images=None):
+    """Train a tokenizer on images (uint8 (N, S, S, 3); default: shapes pictures), save it at out_path, return it."""
+    start = time.perf_counter()
+    key_restart = jax.random.key(train.seed)
+    if images is None:
+        images = data.shapes(train.train_pictures, seed=train.seed, cfg=data.ShapesConfig(cfg.image_size))[0]
+    model = init_vqgan(cfg, seed=train.seed)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, train.lr, train.warmup, train.steps)
+    optimiser = optax.adam(schedule)
+    opt_state = optimiser.init(eqx.filter(model, eqx.is_inexact_array))
+    rng = np.random.default_rng(train.seed)
+    used = np.zeros(cfg.codebook_size, bool)
+    bar = tqdm(range(train.steps), desc="vqgan")
+    for step in bar:
+        batch = images[rng.integers(len(images), size=train.batch_size)]
+        model, opt_state, loss, (mse, ids, latents) = train_step(optimiser, model, opt_state, batch, train.commitment)
+        used[np.asarray(ids).ravel()] = True
+        # step 0 seeds the whole (unused) codebook from real latents; later checks revive dead codes
+        if step % train.restart_every == 0 and step < train.steps * 0.8:
+            bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{-10 * math.log10(float(mse)):.1f}",
+                            usage=f"{used.mean():.0%}")
+            model = restart_dead_codes(model, used, latents, key=jax.random.fold_in(key_restart, step))
+            used[:] = False
+        elif step % 20 == 0:
+            bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{-10 * math.log10(float(mse)):.1f}",
+                            usage=f"{used.mean():.0%}")
+        if time.perf_counter() - start > 60 * train.max_minutes:
+            print(f"stopping at step {step + 1}: the {train.max_minutes}-minute budget is spent")
+            break
+    save_vqgan(out_path, model)
+    return model
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="checkpoints/shapes/vqgan.eqx", help="where to write the tokenizer")
+    parser.add_argument("--steps", type=int, default=VQGANTrainConfig.steps, help="optimiser steps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and training pictures")
+    parser.add_argument("--eval-only", action="store_true", help="only evaluate the tokenizer at --out")
+    parser.add_argument("--maskgit-count", action="store_true",
+                        help="print the 256x256 config's parameter count and the arrays the MaskGIT loader expects")
+    parser.add_argument("--from-maskgit", metavar="PATH",
+                        help="convert MaskGIT's tokenizer_imagenet256_checkpoint at PATH into an .eqx at --out")
+    args = parser.parse_args()
+    try:
+        if args.maskgit_count:
+            model = eqx.filter_eval_shape(VQGAN, MASKGIT_IMAGENET, key=jax.random.key(0))
+            names = maskgit_names(model)
+            print(f"MASKGIT_IMAGENET: {parameter_count(model):,} parameters in {len(names)} arrays; "
+                  f"the loader expects {len(names)} arrays holding {sum(math.prod(a.shape) for a in names.values()):,}")
+            return
+        if args.from_maskgit:
+            save_vqgan(args.out, load_maskgit(args.from_maskgit))
+            print(f"wrote {args.out}")
+            return
+        if args.eval_only:
+            model = load_vqgan(args.out)
+        else:
+            start = time.perf_counter()
+            model = train_vqgan(args.out, train=VQGANTrainConfig(steps=args.steps, seed=args.seed))
+            print(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
+        images, _, labels = data.shapes(500, seed=HELD_OUT_SEED, cfg=data.ShapesConfig(model.cfg.image_size))
+        psnr, usage, kept = evaluate(model, images, labels)
+        print(f"500 held-out pictures: PSNR {psnr:.2f} dB, {usage:.0%} of {model.cfg.codebook_size} codes used, "
+              f"{kept:.1%} of reconstructions keep shape, colour, size and position")
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+
+
+HELD_OUT_SEED = 12345  # pictures no tokenizer trains on (training uses seed 0 by default)
+
+if __name__ == "__main__":
+    main()
