@@ -71,7 +71,7 @@ def image_tokenizer(out: Path, shipped: Path, images: str, log):
 
 def encode_all(vq, images, batch=256):
     """uint8 (n, S, S, 3) -> VQGAN codes int32 (n, tokens), in fixed-size batches (one compilation)."""
-    codes = []
+    batch, codes = min(batch, len(images)), []
     for i in tqdm(range(0, len(images), batch), desc="tokenising images", leave=False):
         chunk = images[i:i + batch]
         padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
@@ -184,6 +184,7 @@ def train_step(model, opt_state, tokens, kinds, key, optimizer, mesh):
     return model, opt_state, loss, metrics
 
 
+@eqx.filter_jit
 def init_state(mcfg, tcfg, optimizer, *, key):
     model = upgen.UPGen(mcfg, key=key)
     return model, optimizer.init(eqx.filter(model, eqx.is_inexact_array))

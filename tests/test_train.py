@@ -1,0 +1,199 @@
+"""train.py: data parallel training is exact (any device count, any host count, across a resume), and
+real image-caption files, WebDataset shards and text corpora feed it, broken files skipped.
+
+Device counts are fixed when JAX starts, so the sharding checks run small workers (this file run as a
+script) in subprocesses with XLA_FLAGS faking CPU devices.
+"""
+import io
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STEPS, HOSTS = 3, 2  # the workers' data always comes from 2 data hosts, whoever computes their rows
+TINY_MODEL = ["--width", "32", "--depth", "1", "--heads", "2", "--mlp", "64", "--text-tokens", "16"]
+
+
+def worker(out, devices, processes, process, port):
+    """Trains a tiny UPGen 3 steps on synthetic tokens and saves its parameters and losses to out.
+
+    The global batch is the same in every set-up: data host h holds every HOSTS-th example from h and
+    draws its rows with train.local_batch; a process computes the rows of the data hosts it stands for."""
+    # Optimisation level 0 halves XLA's compile time, which is most of a tiny worker's run.
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    import jax
+    if processes > 1:
+        jax.distributed.initialize(f"localhost:{port}", processes, process)
+    import equinox as eqx
+    import train
+    import upgen
+
+    cfg = upgen.UPGenConfig(image_codes=16, image_tokens=8, text_vocab=40, text_tokens=4,
+                            width=16, depth=2, heads=2, mlp=32)
+    tcfg = train.TrainConfig(batch=16, lr=1e-2, warmup=1, steps=10)
+    rng = np.random.default_rng(0)
+    codes = rng.integers(cfg.image_codes, size=(64, cfg.image_tokens))
+    texts = rng.integers(2, cfg.text_vocab, size=(64, cfg.text_tokens))
+    texts[:, 3:] = 0  # PAD the last slot: padding must not count
+    pools = train.token_pools(codes, texts, texts, cfg)
+    mine = range(process * HOSTS // processes, (process + 1) * HOSTS // processes)
+    counts = train.kind_counts(tcfg.batch // HOSTS, tcfg.mix)
+
+    mesh, optimizer = train.make_mesh(), train.make_optimizer(tcfg)
+    model, opt_state = train.replicate(train.init_state(cfg, tcfg, optimizer, key=jax.random.key(1)), mesh)
+    losses = []
+    for step in range(STEPS):
+        rows = [train.local_batch([p[h::HOSTS] for p in pools], step, counts, seed=0, process=h) for h in mine]
+        tokens, kinds = train.global_batch(mesh, *(np.concatenate(x) for x in zip(*rows)))
+        model, opt_state, loss, _ = train.train_step(model, opt_state, tokens, kinds,
+                                                     jax.random.key(step), optimizer, mesh)
+        losses.append(float(loss))
+    # The key bias shifts every score of a query equally, which softmax ignores: its true gradient is 0,
+    # so it holds only float noise, which Adam scales up to +-lr steps. Leave it out of the comparison.
+    w = cfg.width
+    model = eqx.tree_at(lambda m: m.blocks.qkv.bias, model, replace_fn=lambda b: b.at[:, w:2 * w].set(0))
+    leaves = jax.tree.leaves(train.host_copy(eqx.filter(model, eqx.is_inexact_array)))
+    if process == 0:
+        np.savez(out, losses=np.array(losses), *leaves)
+
+
+def start_workers(tmp_path, devices, processes):
+    """Starts the workers of one set-up (they run alongside other set-ups); returns what finish needs."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / f"{devices}x{processes}.npz"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, __file__, str(out), str(devices), str(processes), str(i), str(port)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(processes)]
+    return out, procs
+
+
+def finish(workers):
+    """Waits for one set-up's workers; returns (losses, parameter leaves) of its process 0."""
+    out, procs = workers
+    for p in procs:
+        log = p.communicate(timeout=300)[0].decode()
+        assert p.returncode == 0, log[-3000:]
+    with np.load(out) as f:
+        return f["losses"], [f[k] for k in f.files if k != "losses"]
+
+
+def assert_same_training(a, b):
+    (losses_a, params_a), (losses_b, params_b) = a, b
+    np.testing.assert_allclose(losses_a, losses_b, rtol=1e-5)
+    for x, y in zip(params_a, params_b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_eight_devices_train_exactly_like_one(tmp_path):
+    one, eight = start_workers(tmp_path, devices=1, processes=1), start_workers(tmp_path, devices=8, processes=1)
+    one, eight = finish(one), finish(eight)
+    assert_same_training(one, eight)
+    assert one[0][-1] < one[0][0]  # it did learn something: the comparison is not of untouched weights
+
+
+def test_two_hosts_train_exactly_like_one_host_with_their_devices(tmp_path):
+    one_host, two_hosts = start_workers(tmp_path, devices=4, processes=1), start_workers(tmp_path, devices=2, processes=2)
+    assert_same_training(finish(one_host), finish(two_hosts))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The real command line, in process, on tiny data
+
+
+@pytest.fixture(scope="module")
+def tiny_vqgan(tmp_path_factory):
+    """An untrained small VQGAN (8x8 codes of 64x64 pictures): training only needs deterministic codes."""
+    import jax
+    import vqgan
+    path = tmp_path_factory.mktemp("vq") / "vqgan.eqx"
+    cfg = vqgan.VQGANConfig(filters=8, channel_multipliers=(1, 1, 1, 1), embedding_dim=8, codebook_size=32,
+                            norm_groups=4)
+    vqgan.save_vqgan(path, vqgan.VQGAN(cfg, key=jax.random.key(0)))
+    return str(path)
+
+
+def start_train(out, vq, *flags):
+    """`python train.py` on a tiny model in a subprocess (compiled at XLA's quickest optimisation level)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    command = [sys.executable, str(ROOT / "train.py"), "--out", str(out), "--vqgan", vq, "--batch", "8",
+               "--log-every", "5", *TINY_MODEL, *flags]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def finish_train(*procs):
+    for p in procs:
+        log = p.communicate(timeout=300)[0].decode()
+        assert p.returncode == 0, log[-3000:]
+
+
+def test_resume_continues_exactly(tmp_path, tiny_vqgan):
+    import jax
+    import train
+    straight = start_train(tmp_path / "straight", tiny_vqgan, "--shapes", "32", "--steps", "20", "--save-every", "10")
+    split = start_train(tmp_path / "split", tiny_vqgan, "--shapes", "32", "--steps", "20", "--stop-after", "10")
+    finish_train(straight, split)
+    assert [p.name for p in train.state_files(tmp_path / "split")] == ["state_10.eqx"]
+    finish_train(start_train(tmp_path / "split", tiny_vqgan, "--resume"))
+    straight = train.load_state(tmp_path / "straight" / "state_20.eqx")
+    split = train.load_state(tmp_path / "split" / "state_20.eqx")
+    assert straight[0] == split[0] == 20
+    for x, y in zip(jax.tree.leaves(straight[1:3]), jax.tree.leaves(split[1:3]), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert (tmp_path / "split" / "upgen.eqx").exists()
+
+
+def write_pairs(folder, n):
+    """n shapes pictures as folder/i.png + folder/i.txt; returns their captions."""
+    import data
+    from PIL import Image
+    images, captions, _ = data.shapes(n, seed=3)
+    folder.mkdir()
+    for i, (image, caption) in enumerate(zip(images, captions)):
+        Image.fromarray(image).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(caption)
+    return captions
+
+
+def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, tiny_vqgan):
+    folder = tmp_path / "pairs"
+    write_pairs(folder, 5)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")
+    (folder / "broken.txt").write_text("a small red circle in the center")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox\n\njumps over the lazy dog\nand sleeps\n")
+    shard = tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name in sorted(os.listdir(folder)):
+            if not name.startswith("broken"):
+                tar.add(folder / name, arcname=name)
+    finish_train(start_train(tmp_path / "folder", tiny_vqgan, "--images", str(folder), "--text", str(corpus),
+                             "--steps", "2"),
+                 start_train(tmp_path / "tar", tiny_vqgan, "--images", str(shard), "--steps", "2"))
+    log = (tmp_path / "folder" / "train.log").read_text()
+    assert "skipped 1 unreadable example(s)" in log and "broken.png" in log
+    assert "pools [5, 5, 3]" in log  # 5 good pictures, paired and alone; 3 documents of text
+    log = (tmp_path / "tar" / "train.log").read_text()
+    assert "pools [5, 5, 5]" in log and "skipped" not in log  # no corpus: the captions are the text
+    assert (tmp_path / "tar" / "upgen.eqx").exists()
+
+
+def test_tpu_flag_without_tpus_exits_with_one_line():
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--tpu"], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: --tpu") and len(result.stderr.strip().splitlines()) == 1
+
+
+if __name__ == "__main__":
+    out, devices, processes, process, port = sys.argv[1:]
+    worker(out, int(devices), int(processes), int(process), int(port))
