@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 import data
+import sample
 import upgen
 import vqgan
 
@@ -38,13 +39,13 @@ KINDS = (upgen.PAIRED, upgen.IMAGE_ONLY, upgen.TEXT_ONLY)
 @dataclass(frozen=True)
 class TrainConfig:
     images: str = ""                  # image-caption folder / .tar shard(s); "" = the shapes world
-    shapes: int = 20000               # shapes-world examples to render when images == ""
+    shapes: int = 5000                # shapes-world examples when images == "" (encoding ~1 s per 100 on 2 cores)
     text: str = ""                    # unpaired text (.txt file or folder, one document per line); "" = none
     mix: tuple = (0.7, 0.15, 0.15)    # batch shares of paired, image-only and text-only examples
-    steps: int = 1500                 # optimiser steps in the whole run
-    batch: int = 64                   # global batch (all devices, all hosts)
+    steps: int = 800                  # optimiser steps in the whole run
+    batch: int = 32                   # global batch (all devices, all hosts)
     lr: float = 1e-3                  # peak learning rate, reached after warmup, cosine-decayed to lr/10
-    warmup: int = 100                 # linear warmup steps
+    warmup: int = 50                  # linear warmup steps
     weight_decay: float = 0.05        # AdamW decay of the matrices (not of biases, norms, embeddings rows)
     clip: float = 1.0                 # global gradient-norm clip
     seed: int = 0                     # model init, masks and batch order all follow from it
@@ -225,7 +226,16 @@ def train_config(fields: dict) -> TrainConfig:
 # The run
 
 
+def write_samples(model, vq, tokenizer, prompts, path: Path, *, key):
+    """Text -> image for a few training captions: one PNG, a quick look at what the model learnt."""
+    prompt_ids = np.stack([tokenizer.encode(p) for p in prompts]) + model.cfg.image_codes
+    tokens = np.concatenate([np.full((len(prompts), model.cfg.image_tokens), model.cfg.mask_id), prompt_ids], 1)
+    states = sample.generate(model, jnp.asarray(tokens, jnp.int32), sample.DecodeConfig(), key=key)  # (T, B, L)
+    sample.save_grid(sample.pictures(vq, states[-1], model.cfg)[None], path)
+
+
 def train(args):
+    started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     process, processes = jax.process_index(), jax.process_count()
@@ -280,7 +290,8 @@ def train(args):
                                                      jax.random.fold_in(train_key, step), optimizer, mesh)
         pending.append((loss, metrics))
         done = step + 1
-        if done % args.log_every == 0 or done == stop:
+        out_of_time = time.perf_counter() - started > 60 * args.minutes
+        if done % args.log_every == 0 or done == stop or out_of_time:
             losses, accs = zip(*jax.device_get(pending))
             line = {"loss": np.mean(losses), **{k: np.mean([a[k] for a in accs]) for k in accs[0]}}
             if clock is not None:  # the first interval holds the compilation, so it gives no speed
@@ -290,12 +301,20 @@ def train(args):
             pending, clock, timed_steps = [], time.perf_counter(), 0
         else:
             timed_steps += 1
-        if (done % args.save_every == 0 or done == stop) and args.keep > 0 and process == 0:
+        if (done % args.save_every == 0 or done == stop or out_of_time) and args.keep > 0 and process == 0:
             save_state(out, done, model, opt_state, mcfg, tcfg, tokenizer, args.keep)
+        if out_of_time:
+            log(f"stopping at step {done}: the {args.minutes}-minute budget is spent (--resume continues)")
+            break
+    model = host_copy(model)
     if process == 0:
-        upgen.save_upgen(out / "upgen.eqx", host_copy(model), tokenizer)
+        upgen.save_upgen(out / "upgen.eqx", model, tokenizer)
         log(f"wrote {out / 'upgen.eqx'}")
-    return host_copy(model)
+        if args.samples:
+            prompts = captions[:args.samples]
+            write_samples(model, vq, tokenizer, prompts, out / "samples.png", key=jax.random.key(tcfg.seed))
+            log(f"wrote {out / 'samples.png'}: " + "; ".join(prompts))
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -378,6 +397,8 @@ def main(argv=None):
     p.add_argument("--keep", type=int, default=2, help="state_<step>.eqx files to keep (0 = none, only upgen.eqx at the end)")
     p.add_argument("--save-every", type=int, default=500, help="steps between state checkpoints")
     p.add_argument("--log-every", type=int, default=50, help="steps between log lines")
+    p.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget of the whole run: past it, save and stop")
+    p.add_argument("--samples", type=int, default=8, help="pictures drawn at the end from the first training captions (0 = none)")
     p.add_argument("--bench", action="store_true", help="print the train step's tokens/s and MFU, laptop and a larger config")
     p.add_argument("--bench-steps", type=int, default=10, help="timed steps per --bench config")
     p.add_argument("--peak-flops", type=float, default=0.0, help="device peak FLOP/s for MFU, all devices (default: measured matmul)")

@@ -126,7 +126,7 @@ def start_train(out, vq, *flags):
     """`python train.py` on a tiny model in a subprocess (compiled at XLA's quickest optimisation level)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
     command = [sys.executable, str(ROOT / "train.py"), "--out", str(out), "--vqgan", vq, "--batch", "8",
-               "--log-every", "5", *TINY_MODEL, *flags]
+               "--log-every", "5", "--samples", "0", *TINY_MODEL, *flags]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -178,13 +178,13 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
                 tar.add(folder / name, arcname=name)
     finish_train(start_train(tmp_path / "folder", tiny_vqgan, "--images", str(folder), "--text", str(corpus),
                              "--steps", "2"),
-                 start_train(tmp_path / "tar", tiny_vqgan, "--images", str(shard), "--steps", "2"))
+                 start_train(tmp_path / "tar", tiny_vqgan, "--images", str(shard), "--steps", "2", "--samples", "2"))
     log = (tmp_path / "folder" / "train.log").read_text()
     assert "skipped 1 unreadable example(s)" in log and "broken.png" in log
     assert "pools [5, 5, 3]" in log  # 5 good pictures, paired and alone; 3 documents of text
     log = (tmp_path / "tar" / "train.log").read_text()
     assert "pools [5, 5, 5]" in log and "skipped" not in log  # no corpus: the captions are the text
-    assert (tmp_path / "tar" / "upgen.eqx").exists()
+    assert (tmp_path / "tar" / "upgen.eqx").exists() and (tmp_path / "tar" / "samples.png").exists()
 
 
 def test_tpu_flag_without_tpus_exits_with_one_line():
