@@ -130,35 +130,36 @@ def generate(model, tokens, cfg, guidance=0.0, *, key):
                   mask_id=model.cfg.mask_id, cfg=cfg, key=key)
 
 
-@eqx.filter_jit
-def write_text(model, image_ids, cfg, keep=3, *, key):
-    """Captions of image_ids (B, Ni) (all PAD: unconditional text) -> text token ids (B, Nt), PAD-padded.
+def token_log_probs(model, seqs, targets):
+    """log p(targets) at every slot of a forward pass on seqs (N, L) -> (N, L)."""
+    log_probs = jax.nn.log_softmax(model_logits(model, seqs), axis=-1)  # (N, L, V)
+    return jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
 
-    [PAD] is never masked in training, so the model never says where a text ends: we choose its length.
-    For each candidate length k, one forward pass with the k text slots masked (and PAD after) gives
-    the model's full-mask distribution F_k at those slots. Score of a decoded caption y of length k:
-    mean_i log F_k(y_i), how much the model, seeing only the image and the length, believes in y.
-    mean_i max log F_k is an upper bound of that score, so we decode only the `keep` lengths with the
-    highest bounds (in one batch) and return the decoded caption with the best score."""
+
+@eqx.filter_jit
+def write_text(model, image_ids, cfg, *, key):
+    """Captions of pictures image_ids (B, Ni) -> text token ids (B, Nt), PAD-padded.
+
+    [PAD] is never masked in training, so the model never says where a text ends: we choose the length.
+    We decode a caption y for every length k = 1..Nt in one batch and keep the one with the best
+        mean_i log p(y_i | picture, k, all text masked) + mean_j log p(x_j | y, all image masked):
+    the first term rejects captions the model finds unlikely for the picture at that length, the
+    second rejects captions that say too little to redraw the picture x (a short "a circle" scores
+    well on the first term alone). Both come from one more forward pass each."""
     mcfg = model.cfg
     B, Ni, Nt = image_ids.shape[0], mcfg.image_tokens, mcfg.text_tokens
-    lengths = jnp.arange(1, Nt + 1)  # (K,)
-    slot_used = jnp.arange(Nt)[None] < lengths[:, None]  # (K, Nt)
-    text = jnp.where(slot_used, mcfg.mask_id, mcfg.pad_id)  # (K, Nt)
+    lengths = jnp.arange(1, Nt + 1)  # (K,) candidate lengths, K = Nt
+    used = jnp.arange(Nt)[None] < lengths[:, None]  # (K, Nt)
+    text = jnp.where(used, mcfg.mask_id, mcfg.pad_id)  # (K, Nt)
     seqs = jnp.concatenate([jnp.broadcast_to(image_ids[:, None], (B, Nt, Ni)),
-                            jnp.broadcast_to(text[None], (B, Nt, Nt))], axis=-1)  # (B, K, L)
-    full = jax.nn.log_softmax(model_logits(model, seqs.reshape(B * Nt, -1))[:, Ni:], axis=-1)
-    full = full.reshape(B, Nt, Nt, -1)  # (B, K, Nt, V)
-    bound = jnp.where(slot_used, full.max(-1), 0).sum(-1) / lengths  # (B, K)
-    best = jnp.argsort(-bound, axis=-1)[:, :keep]  # (B, keep) candidate lengths to decode
-    chosen = jnp.take_along_axis(seqs, best[..., None], axis=1).reshape(B * keep, -1)
-    text_out = generate(model, chosen, cfg, key=key)[-1, :, Ni:].reshape(B, keep, Nt)  # (B, keep, Nt)
-    chosen_full = jnp.take_along_axis(full, best[..., None, None], axis=1)  # (B, keep, Nt, V)
-    log_p = jnp.take_along_axis(chosen_full, text_out[..., None], axis=-1)[..., 0]  # (B, keep, Nt)
-    used = text_out != mcfg.pad_id
-    score = jnp.where(used, log_p, 0).sum(-1) / used.sum(-1)  # (B, keep)
-    winner = jnp.take_along_axis(text_out, score.argmax(-1)[:, None, None], axis=1)[:, 0]  # (B, Nt)
-    return jnp.where(winner == mcfg.pad_id, data.PAD, winner - mcfg.image_codes)
+                            jnp.broadcast_to(text[None], (B, Nt, Nt))], axis=-1).reshape(B * Nt, -1)  # (B*K, L)
+    decoded = generate(model, seqs, cfg, key=key)[-1]  # (B*K, L)
+    text_score = token_log_probs(model, seqs, decoded)[:, Ni:].reshape(B, Nt, Nt)  # (B, K, Nt)
+    text_score = jnp.where(used, text_score, 0).sum(-1) / lengths  # (B, K)
+    image_score = token_log_probs(model, decoded.at[:, :Ni].set(mcfg.mask_id), decoded)[:, :Ni]
+    score = text_score + image_score.mean(-1).reshape(B, Nt)  # (B, K)
+    best = decoded.reshape(B, Nt, -1)[jnp.arange(B), score.argmax(-1), Ni:]  # (B, Nt)
+    return jnp.where(best == mcfg.pad_id, data.PAD, best - mcfg.image_codes)
 
 
 def text_ids(tokenizer, prompt):
@@ -231,36 +232,38 @@ def save_grid(images, path):
 # The shapes eval and the benchmark
 
 
+def in_batches(f, x, size, *, key):
+    """f(x_chunk, key) over near-equal chunks of at most `size` rows (one compile), concatenated."""
+    chunks = np.array_split(np.asarray(x), -(-len(x) // size))
+    keys = jax.random.split(key, len(chunks))
+    return np.concatenate([np.asarray(f(jnp.asarray(c), k)) for c, k in zip(chunks, keys)])
+
+
 def evaluate(model, tokenizer, tokenizer_model, cfg, *, key, batch=256):
     """Prints text->image, image->text and unconditional accuracy on the shapes world."""
-    mcfg = model.cfg
+    mcfg, start = model.cfg, time.perf_counter()
     t2i_key, i2t_key, uncond_key = jax.random.split(key, 3)
     ranges = (len(data.SHAPES), len(data.COLOURS), len(data.SIZES), len(data.POSITIONS))
     all_labels = list(itertools.product(*(range(k) for k in ranges)))  # the 180 descriptions
 
-    def draw(seqs, key):  # (N, L) in batches -> pictures (N, H, W, 3)
-        keys = jax.random.split(key, len(seqs))
-        finals = [generate(model, seqs[i:i + batch], cfg, key=keys[i])[-1] for i in range(0, len(seqs), batch)]
-        return pictures(tokenizer_model, jnp.concatenate(finals), mcfg)
+    def draw(seqs, key):  # (N, L) -> what data.read_picture sees in each final picture
+        finals = in_batches(lambda s, k: generate(model, s, cfg, key=k)[-1], seqs, batch, key=key)
+        return [data.read_picture(p) for p in pictures(tokenizer_model, finals, mcfg)]
 
-    start = time.perf_counter()
-    prompts = jnp.concatenate([inputs(mcfg, 1, text=tokenizer.encode(data.canonical_caption(lab))) for lab in all_labels])
-    read = [data.read_picture(p) for p in draw(prompts, t2i_key)]
-    right = np.mean([r == tuple(lab) for r, lab in zip(read, all_labels)])
+    prompts = np.concatenate([inputs(mcfg, 1, text=tokenizer.encode(data.canonical_caption(lab))) for lab in all_labels])
+    right = np.mean([r == lab for r, lab in zip(draw(prompts, t2i_key), all_labels)])
     print(f"text->image: {right:.1%} of the 180 canonical prompts drawn with all four attributes right")
 
-    images, _, labels = data.shapes(180, seed=20261125, varied=False)  # fresh pictures, not a training seed
-    codes = jnp.asarray(vqgan.encode_images(tokenizer_model, images))
-    keys = jax.random.split(i2t_key, len(codes))
-    texts = np.concatenate([write_text(model, codes[i:i + batch // 8], cfg, key=keys[i])
-                            for i in range(0, len(codes), batch // 8)])
+    images, _, labels = data.shapes(100, seed=20261125, varied=False)  # fresh pictures, not a training seed
+    codes = vqgan.encode_images(tokenizer_model, images)
+    # write_text decodes a caption of every length per picture: 100 pictures, in small batches
+    texts = in_batches(lambda c, k: write_text(model, c, cfg, key=k), codes, batch // 8, key=i2t_key)
     captions = [tokenizer.decode(t) for t in texts]
     right = np.mean([data.parse_caption(c) == tuple(lab) for c, lab in zip(captions, labels)])
-    print(f"image->text: {right:.1%} of captions of 180 fresh pictures name all four attributes "
+    print(f"image->text: {right:.1%} of captions of 100 fresh pictures name all four attributes "
           f"(e.g. {captions[0]!r})")
 
-    read = [data.read_picture(p) for p in draw(inputs(mcfg, 500), uncond_key)]
-    valid = [r for r in read if r is not None]
+    valid = [r for r in draw(inputs(mcfg, 500), uncond_key) if r is not None]
     print(f"unconditional: {len(valid) / 5:.1f}% of 500 pictures valid, {len(set(valid))} of the 180 "
           f"descriptions appear ({time.perf_counter() - start:.0f} s for the whole eval)")
 
@@ -305,6 +308,8 @@ def run(args):
         raise ValueError("--keep needs --image: it says which part of that image to keep")
     if args.image and args.prompt is not None and args.keep is None:
         raise ValueError("--image with --prompt is inpainting: add --keep x0,y0,x1,y1, the part of the image to keep")
+    if args.unconditional_text and (args.image or args.prompt is not None):
+        raise ValueError("--unconditional-text takes no --prompt or --image")
     model, tokenizer, tokenizer_model = load(args.ckpt)
     cfg = DecodeConfig(args.steps, args.temperature, args.choice_temperature)
     mcfg, size = model.cfg, tokenizer_model.cfg.image_size
@@ -322,18 +327,22 @@ def run(args):
     codes = None
     if args.image:
         codes = vqgan.encode_images(tokenizer_model, data.load_image(args.image, size)[None])[0]
-    if args.unconditional_text or (codes is not None and args.keep is None):  # write captions
-        image = codes if codes is not None else np.full(mcfg.image_tokens, mcfg.pad_id)
-        image = jnp.tile(jnp.asarray(image, jnp.int32), (args.n, 1))
-        for ids in write_text(model, image, cfg, key=key):
-            print(tokenizer.decode(ids))
-        return
-    keep = None if args.keep is None else keep_mask(args.keep, args.image, mcfg, size)
-    states = generate(model, inputs(mcfg, args.n, codes, prompt, keep), cfg, args.guidance, key=key)
-    save_grid(pictures(tokenizer_model, states[-1:], mcfg), args.out)
-    if args.show_steps:
-        steps_path = Path(args.out).with_name(Path(args.out).stem + "_steps.png")
-        save_grid(pictures(tokenizer_model, jnp.swapaxes(states, 0, 1), mcfg), steps_path)
+    image_key, text_key = jax.random.split(key)
+    if codes is not None and args.keep is None:  # image -> text
+        image = jnp.tile(jnp.asarray(codes, jnp.int32), (args.n, 1))
+    else:  # text -> image, inpainting, unconditional pictures
+        keep = None if args.keep is None else keep_mask(args.keep, args.image, mcfg, size)
+        states = generate(model, inputs(mcfg, args.n, codes, prompt, keep), cfg, args.guidance, key=image_key)
+        save_grid(pictures(tokenizer_model, states[-1:], mcfg), args.out)
+        if args.show_steps:
+            steps_path = Path(args.out).with_name(Path(args.out).stem + "_steps.png")
+            save_grid(pictures(tokenizer_model, jnp.swapaxes(states, 0, 1), mcfg), steps_path)
+        if not args.unconditional_text:
+            return
+        # Unconditional text as p(y) = sum_x p(x) p(y | x): caption the unconditional pictures just drawn.
+        image = states[-1, :, :mcfg.image_tokens]
+    for ids in write_text(model, image, cfg, key=text_key):
+        print(tokenizer.decode(ids))
 
 
 def main(argv=None):
@@ -341,7 +350,7 @@ def main(argv=None):
     parser.add_argument("--prompt", help="text -> image: the caption to draw (with --image and --keep: inpaint)")
     parser.add_argument("--image", help="image -> text: a picture to caption (with --keep: inpaint it)")
     parser.add_argument("--keep", help="inpainting: x0,y0,x1,y1 box in pixels of --image whose tokens are kept")
-    parser.add_argument("--unconditional-text", action="store_true", help="write captions from nothing")
+    parser.add_argument("--unconditional-text", action="store_true", help="write captions from nothing (of unconditional pictures, also written to --out)")
     parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance scale on the prompt (0: off)")
     parser.add_argument("--n", type=int, default=4, help="how many samples")
     parser.add_argument("--steps", type=int, default=DecodeConfig.steps, help="decoding steps T")

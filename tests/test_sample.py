@@ -1,6 +1,7 @@
 """Tests of sample.py: each test is one sentence of MaskGIT's decoding or of the sampling CLI."""
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,11 +101,32 @@ def test_every_mode_keeps_its_known_tokens(tiny_model):
         known = tokens != cfg.mask_id
         assert jnp.all(jnp.where(known, final == tokens, True)), name
         assert jnp.all(final[:, :cfg.image_tokens] < cfg.image_codes), name  # image slots: image codes only
-    for image_ids in (jnp.tile(jnp.asarray(image), (3, 1)), jnp.full((3, cfg.image_tokens), cfg.pad_id)):
-        ids = np.asarray(sample.write_text(tiny_model, image_ids, dcfg, key=jax.random.key(8)))
-        for row in ids:  # image->text and unconditional text: some real tokens, then PAD only
-            length = int((row != data.PAD).sum())
-            assert length >= 1 and np.all(row[:length] > data.MASK) and np.all(row[length:] == data.PAD)
+    ids = np.asarray(sample.write_text(tiny_model, jnp.tile(jnp.asarray(image), (3, 1)), dcfg, key=jax.random.key(8)))
+    for row in ids:  # image->text: some real text tokens, then PAD only
+        length = int((row != data.PAD).sum())
+        assert length >= 1 and np.all(row[:length] > data.MASK) and np.all(row[length:] == data.PAD)
+
+
+class CaptionOracle(eqx.Module):
+    """A fake model that knows the caption "a large red circle" and redraws the picture (all code 5)
+    only when the text holds all four words; beyond 4 text slots it has no idea what to write."""
+    cfg: upgen.UPGenConfig = eqx.field(static=True)
+
+    def __call__(self, tokens):
+        cfg = self.cfg
+        caption = TOKENIZER.encode("a large red circle")[:4] + cfg.image_codes
+        text = tokens[cfg.image_tokens:]
+        told = jnp.all(jnp.isin(caption, text))
+        image = jnp.where(told, 10.0 * (jnp.arange(cfg.vocab_size) == 5), 0.0)  # (V,)
+        words = jnp.where(jnp.arange(cfg.text_tokens)[:, None] < 4,
+                          10.0 * (jnp.arange(cfg.vocab_size) == jnp.pad(caption, (0, cfg.text_tokens - 4))[:, None]), 0.0)
+        return jnp.concatenate([jnp.broadcast_to(image, (cfg.image_tokens, cfg.vocab_size)), words])  # (L, V)
+
+
+def test_caption_length_is_the_one_that_is_likely_and_tells_the_whole_picture():
+    picture = jnp.full((2, TINY.image_tokens), 5)
+    ids = sample.write_text(CaptionOracle(TINY), picture, sample.DecodeConfig(steps=4), key=jax.random.key(9))
+    assert [TOKENIZER.decode(row) for row in ids] == ["a large red circle"] * 2
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -145,6 +167,8 @@ def test_cli_draws_captions_and_inpaints(ckpt, tmp_path, capsys):
     assert Image.open(tmp_path / "grid_steps.png").size == (3 * 18, 2 * 18)  # a row per sample, a column per step
     message, printed = cli(capsys, "--image", str(ckpt / "shape.png"), *common)
     assert message is None and len(printed.strip().splitlines()) == 2  # one caption per sample
+    message, printed = cli(capsys, "--unconditional-text", *common)
+    assert message is None and len(printed.strip().splitlines()) == 3  # "wrote ..." and two captions
     message, printed = cli(capsys, "--image", str(ckpt / "shape.png"), "--keep", "0,0,32,64",
                            "--prompt", "a red circle", *common)
     assert message is None and f"wrote {out}" in printed
@@ -170,6 +194,7 @@ def test_cli_odd_prompts_still_give_pictures(ckpt, tmp_path, capsys, prompt):
     (("--image", "missing.png"), "cannot read image"),
     (("--image", "shape.png", "--keep", "1,2"), "--keep"),
     (("--keep", "0,0,8,8"), "--keep needs --image"),
+    (("--unconditional-text", "--prompt", "a circle"), "takes no --prompt"),
     (("--image", "shape.png", "--prompt", "a circle"), "add --keep"),
     (("--prompt", "a circle", "--ckpt", "nowhere"), "python train.py"),
     (("--prompt", "a circle", "--ckpt", "broken"), "python train.py"),
