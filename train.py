@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -61,9 +62,13 @@ def image_tokenizer(out: Path, shipped: Path, images: str, log):
     path = out / "vqgan.eqx"
     if not path.exists() and shipped.exists():
         log(f"image tokenizer: copying {shipped} to {path}")
-        shutil.copyfile(shipped, path.with_name("vqgan.eqx.tmp"))
-        os.replace(path.with_name("vqgan.eqx.tmp"), path)
+        tmp = path.with_name(f"vqgan.eqx.{jax.process_index()}.tmp")  # hosts may share the folder
+        shutil.copyfile(shipped, tmp)
+        os.replace(tmp, path)
     if not path.exists():
+        if jax.process_count() > 1:
+            raise ValueError(f"no image tokenizer at {path} or {shipped}: train one on one host first "
+                             f"(python vqgan.py, or python train.py --out {out})")
         log(f"image tokenizer: none found, training one into {path}")
         size = vqgan.VQGANConfig().image_size
         vqgan.train_vqgan(path, images=data.image_text_pairs(images, size)[0] if images else None)
@@ -283,24 +288,24 @@ def train(args):
 
     stop = min(tcfg.steps, start + args.stop_after) if args.stop_after else tcfg.steps
     bar = tqdm(range(start, stop), initial=start, total=tcfg.steps, disable=process != 0, desc="train")
-    pending, clock, timed_steps = [], None, 0
+    pending, clock = [], None
     for step in bar:
         tokens, kinds = global_batch(mesh, *local_batch(pools, step, counts, seed=tcfg.seed, process=process))
         model, opt_state, loss, metrics = train_step(model, opt_state, tokens, kinds,
                                                      jax.random.fold_in(train_key, step), optimizer, mesh)
         pending.append((loss, metrics))
-        done = step + 1
-        out_of_time = time.perf_counter() - started > 60 * args.minutes
-        if done % args.log_every == 0 or done == stop or out_of_time:
+        done, out_of_time = step + 1, False
+        if done % args.log_every == 0 or done == stop:
+            out_of_time = 0 < 60 * args.minutes < time.perf_counter() - started
+            if processes > 1:  # process 0's clock decides, so that every host stops at the same step
+                out_of_time = bool(multihost_utils.broadcast_one_to_all(np.array(out_of_time)))
             losses, accs = zip(*jax.device_get(pending))
             line = {"loss": np.mean(losses), **{k: np.mean([a[k] for a in accs]) for k in accs[0]}}
             if clock is not None:  # the first interval holds the compilation, so it gives no speed
-                line["tok/s"] = timed_steps * tcfg.batch * mcfg.seq_len / (time.perf_counter() - clock)
+                line["tok/s"] = len(pending) * tcfg.batch * mcfg.seq_len / (time.perf_counter() - clock)
             bar.set_postfix({k: f"{v:.3g}" for k, v in line.items()})
             log(f"step {done} " + " ".join(f"{k} {v:.4g}" for k, v in line.items()))
-            pending, clock, timed_steps = [], time.perf_counter(), 0
-        else:
-            timed_steps += 1
+            pending, clock = [], time.perf_counter()
         if (done % args.save_every == 0 or done == stop or out_of_time) and args.keep > 0 and process == 0:
             save_state(out, done, model, opt_state, mcfg, tcfg, tokenizer, args.keep)
         if out_of_time:
@@ -313,7 +318,7 @@ def train(args):
         if args.samples:
             prompts = captions[:args.samples]
             write_samples(model, vq, tokenizer, prompts, out / "samples.png", key=jax.random.key(tcfg.seed))
-            log(f"wrote {out / 'samples.png'}: " + "; ".join(prompts))
+            log("samples.png shows, left to right: " + "; ".join(prompts))
     return model
 
 
@@ -397,7 +402,7 @@ def main(argv=None):
     p.add_argument("--keep", type=int, default=2, help="state_<step>.eqx files to keep (0 = none, only upgen.eqx at the end)")
     p.add_argument("--save-every", type=int, default=500, help="steps between state checkpoints")
     p.add_argument("--log-every", type=int, default=50, help="steps between log lines")
-    p.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget of the whole run: past it, save and stop")
+    p.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget of the whole run, checked at log steps: past it, save and stop (0 = none: long runs, pods)")
     p.add_argument("--samples", type=int, default=8, help="pictures drawn at the end from the first training captions (0 = none)")
     p.add_argument("--bench", action="store_true", help="print the train step's tokens/s and MFU, laptop and a larger config")
     p.add_argument("--bench-steps", type=int, default=10, help="timed steps per --bench config")

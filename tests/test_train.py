@@ -4,7 +4,6 @@ real image-caption files, WebDataset shards and text corpora feed it, broken fil
 Device counts are fixed when JAX starts, so the sharding checks run small workers (this file run as a
 script) in subprocesses with XLA_FLAGS faking CPU devices.
 """
-import io
 import os
 import socket
 import subprocess
