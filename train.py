@@ -248,6 +248,7 @@ def train(args):
 
     def log(line):
         if process == 0:
+            line = f"[{time.perf_counter() - started:5.0f} s] {line}"
             tqdm.write(line)
             log_file.write(line + "\n")
             log_file.flush()
@@ -262,6 +263,8 @@ def train(args):
         tcfg = TrainConfig(images=args.images, shapes=args.shapes, text=args.text, mix=tuple(args.mix),
                            steps=args.steps or TrainConfig.steps, batch=args.batch, lr=args.lr,
                            warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip, seed=args.seed)
+    if min(tcfg.mix) < 0 or sum(tcfg.mix) <= 0:
+        raise ValueError(f"--mix {' '.join(map(str, tcfg.mix))}: give three shares >= 0, not all 0")
     if tcfg.batch % jax.device_count():
         raise ValueError(f"--batch {tcfg.batch} must be a multiple of the {jax.device_count()} devices")
     vq, vq_path = image_tokenizer(out, Path(args.vqgan), tcfg.images, log)
