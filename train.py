@@ -12,7 +12,6 @@ One jitted step holds loss, gradient, clipping and AdamW. Every device gets a sl
 import argparse
 import dataclasses
 import hashlib
-import math
 import os
 import shutil
 import sys
@@ -47,7 +46,7 @@ class TrainConfig:
     batch: int = 32                   # global batch (all devices, all hosts)
     lr: float = 1e-3                  # peak learning rate, reached after warmup, cosine-decayed to lr/10
     warmup: int = 50                  # linear warmup steps
-    weight_decay: float = 0.05        # AdamW decay of the matrices (not of biases, norms, embeddings rows)
+    weight_decay: float = 0.05        # AdamW decay of weight matrices and embeddings (not of biases, norm scales)
     clip: float = 1.0                 # global gradient-norm clip
     seed: int = 0                     # model init, masks and batch order all follow from it
 
@@ -330,7 +329,7 @@ def train(args):
 
 
 def matmul_peak(dtype, n=2048, repeats=5):
-    """Measured FLOP/s of one large matmul on the default device: a stand-in when no peak is given."""
+    """Measured FLOP/s of one large matmul on one device: a stand-in for the peak when none is given."""
     a = jnp.ones((n, n), dtype)
     mm = jax.jit(lambda a: a @ a)
     mm(a).block_until_ready()
@@ -351,7 +350,7 @@ def bench(args):
     accelerator = jax.default_backend() != "cpu"
     dtype = "bfloat16" if accelerator else "float32"
     peak = args.peak_flops or matmul_peak(jnp.dtype(dtype))
-    print(f"{jax.device_count()} x {jax.devices()[0].device_kind}; peak {peak / 1e12:.3g} TFLOP/s "
+    print(f"{jax.device_count()} x {jax.devices()[0].device_kind}; peak {peak / 1e12:.3g} TFLOP/s per device "
           f"{'given' if args.peak_flops else f'measured ({dtype} matmul)'}")
     laptop = upgen.UPGenConfig(image_codes=512, text_vocab=320, compute_dtype=dtype)
     larger = upgen.VIT_L if accelerator else dataclasses.replace(laptop, width=512, depth=8, heads=8, mlp=2048)
@@ -373,7 +372,7 @@ def bench(args):
             times.append(time.perf_counter() - start)
         step_time = float(np.median(times[2:]))
         tokens_per_s = batch * mcfg.seq_len / step_time
-        mfu = tokens_per_s * flops_per_token(mcfg, upgen.count_params(model)) / peak
+        mfu = tokens_per_s * flops_per_token(mcfg, upgen.count_params(model)) / (peak * jax.device_count())
         print(f"{name}: {upgen.count_params(model) / 1e6:.1f}M params, batch {batch} x {mcfg.seq_len} tokens, "
               f"{mcfg.compute_dtype}: {step_time * 1e3:.1f} ms/step, {tokens_per_s:,.0f} tokens/s, MFU {mfu:.1%}")
 
@@ -409,7 +408,7 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=8, help="pictures drawn at the end from the first training captions (0 = none)")
     p.add_argument("--bench", action="store_true", help="print the train step's tokens/s and MFU, laptop and a larger config")
     p.add_argument("--bench-steps", type=int, default=10, help="timed steps per --bench config")
-    p.add_argument("--peak-flops", type=float, default=0.0, help="device peak FLOP/s for MFU, all devices (default: measured matmul)")
+    p.add_argument("--peak-flops", type=float, default=0.0, help="peak FLOP/s of one device, for MFU (default: a measured matmul; e.g. 989e12 for an H100's bf16)")
     p.add_argument("--tpu", action="store_true", help="multi-host TPU: jax.distributed.initialize() first; run on every host")
     args = p.parse_args(argv)
     try:
