@@ -2,9 +2,10 @@
 
 A picture goes through a convolutional encoder, each latent vector is replaced by the index of its
 nearest codebook vector (its token), and a convolutional decoder turns the codes back into a picture.
-    python vqgan.py --out checkpoints/shapes/vqgan.eqx     # train the shapes tokenizer (64x64 -> 8x8 tokens)
-    python vqgan.py --maskgit-count                        # the 256x256 config's size vs MaskGIT's checkpoint
-    python vqgan.py --from-maskgit tokenizer_imagenet256_checkpoint --out imagenet_vqgan.eqx
+    python vqgan.py --out checkpoints/shapes/vqgan.eqx   # train the shapes tokenizer (64x64 -> 8x8 tokens), evaluate it
+    python vqgan.py --out checkpoints/shapes/vqgan.eqx --eval-only        # evaluate it on 500 held-out pictures
+    python vqgan.py --maskgit-count                      # the 256x256 config's size vs MaskGIT's checkpoint
+    python vqgan.py --from-maskgit tokenizer_imagenet256_checkpoint --out imagenet_vqgan.eqx   # convert
 Read next: upgen.py, the transformer that models these tokens.
 """
 import argparse
@@ -28,12 +29,13 @@ import data
 @dataclass(frozen=True)
 class VQGANConfig:
     image_size: int = 64  # pictures are image_size x image_size RGB, values in [0, 1]
-    filters: int = 32  # channels of the first level; level i has filters * channel_multipliers[i]
-    channel_multipliers: tuple[int, ...] = (1, 2, 2, 4)  # one level each; the image halves between levels
+    filters: int = 8  # channels of the first level; level i has filters * channel_multipliers[i]
+    channel_multipliers: tuple[int, ...] = (1, 2, 4, 8)  # one level each; the image halves between levels
     num_res_blocks: int = 1  # residual blocks per level (and in the middle)
-    embedding_dim: int = 64  # size of a latent vector and of a codebook entry
+    embedding_dim: int = 16  # size of a latent vector and of a codebook entry
     codebook_size: int = 512  # number of distinct image tokens
-    norm_groups: int = 32  # GroupNorm groups (Flax's default, which MaskGIT keeps)
+    norm_groups: int = 2  # GroupNorm groups; MaskGIT keeps Flax's 32. With one channel per group GroupNorm
+    #                       erases each channel's mean, so small widths need several channels per group
 
     def __post_init__(self):
         if self.image_size % self.downsampling:
@@ -418,14 +420,14 @@ def load_maskgit(path, cfg=MASKGIT_IMAGENET):
 
 @dataclass(frozen=True)
 class VQGANTrainConfig:
-    steps: int = 3000  # optimiser steps
-    batch_size: int = 32  # pictures per step
-    lr: float = 2e-3  # Adam's peak learning rate (linear warmup, then cosine decay)
-    warmup: int = 100  # steps of learning-rate warmup
+    steps: int = 5000  # optimiser steps
+    batch_size: int = 8  # pictures per step: on a CPU, many small steps beat few large ones
+    lr: float = 5e-3  # Adam's peak learning rate (linear warmup, then cosine decay)
+    warmup: int = 20  # steps of learning-rate warmup
     commitment: float = 0.25  # beta: how strongly the encoder is pulled towards its codes
-    restart_every: int = 100  # every this many steps, codes unused since the last check move onto latents
+    restart_every: int = 50  # every this many steps, codes unused since the last check move onto latents
     train_pictures: int = 20_000  # size of the training pool (rendered once)
-    max_minutes: float = 4.5  # stop early past this wall-clock budget, so one command stays under 5 minutes
+    max_minutes: float | None = None  # stop early past this wall-clock budget; None runs every step
     seed: int = 0  # seed of the weights and the training pictures
 
 
@@ -446,14 +448,14 @@ def train_step(optimiser, model, opt_state, images, commitment):
     return eqx.apply_updates(model, updates), opt_state, loss, aux
 
 
-def restart_dead_codes(model, used, latents, *, key):
-    """Move every code not used since the last check onto a random latent of the current batch."""
+def restart_dead_codes(model, used, latents, rng):
+    """Move every code not used since the last check onto a random latent of the current batch.
+    In numpy: the number of dead codes changes every time, and each new shape would compile anew."""
     dead = np.flatnonzero(~used)
-    if len(dead) == 0:
-        return model
-    flat = latents.reshape(-1, latents.shape[-1])  # (B*h*w, D)
-    picks = jax.random.choice(key, len(flat), (len(dead),), replace=len(dead) > len(flat))
-    return eqx.tree_at(lambda m: m.quantizer.codebook, model, model.quantizer.codebook.at[dead].set(flat[picks]))
+    flat = np.asarray(latents).reshape(-1, latents.shape[-1])  # (B*h*w, D)
+    codebook = np.array(model.quantizer.codebook)
+    codebook[dead] = flat[rng.choice(len(flat), len(dead), replace=len(dead) > len(flat))]
+    return eqx.tree_at(lambda m: m.quantizer.codebook, model, jnp.asarray(codebook))
 
 
 def evaluate(model, images, labels, batch=100):
@@ -469,7 +471,6 @@ def evaluate(model, images, labels, batch=100):
 def train_vqgan(out_path, cfg=VQGANConfig(), train=VQGANTrainConfig(), images=None):
     """Train a tokenizer on images (uint8 (N, S, S, 3); default: shapes pictures), save it at out_path, return it."""
     start = time.perf_counter()
-    key_restart = jax.random.key(train.seed)
     if images is None:
         images = data.shapes(train.train_pictures, seed=train.seed, cfg=data.ShapesConfig(cfg.image_size))[0]
     model = init_vqgan(cfg, seed=train.seed)
@@ -483,16 +484,15 @@ def train_vqgan(out_path, cfg=VQGANConfig(), train=VQGANTrainConfig(), images=No
         batch = images[rng.integers(len(images), size=train.batch_size)]
         model, opt_state, loss, (mse, ids, latents) = train_step(optimiser, model, opt_state, batch, train.commitment)
         used[np.asarray(ids).ravel()] = True
-        # step 0 seeds the whole (unused) codebook from real latents; later checks revive dead codes
-        if step % train.restart_every == 0 and step < train.steps * 0.8:
+        if step % 20 == 0:
             bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{-10 * math.log10(float(mse)):.1f}",
-                            usage=f"{used.mean():.0%}")
-            model = restart_dead_codes(model, used, latents, key=jax.random.fold_in(key_restart, step))
+                            usage=f"{used.mean():.0%}")  # usage: share of codes used since the last restart
+        # step 0 seeds the whole (unused) codebook with real latents; later checks revive dead codes,
+        # until the last 20% of training, which lets the codebook settle
+        if step % train.restart_every == 0 and step < 0.8 * train.steps:
+            model = restart_dead_codes(model, used, latents, rng)
             used[:] = False
-        elif step % 20 == 0:
-            bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{-10 * math.log10(float(mse)):.1f}",
-                            usage=f"{used.mean():.0%}")
-        if time.perf_counter() - start > 60 * train.max_minutes:
+        if train.max_minutes is not None and time.perf_counter() - start > 60 * train.max_minutes:
             print(f"stopping at step {step + 1}: the {train.max_minutes}-minute budget is spent")
             break
     save_vqgan(out_path, model)
@@ -503,6 +503,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="checkpoints/shapes/vqgan.eqx", help="where to write the tokenizer")
     parser.add_argument("--steps", type=int, default=VQGANTrainConfig.steps, help="optimiser steps")
+    parser.add_argument("--minutes", type=float, default=VQGANTrainConfig.max_minutes,
+                        help="stop training early once this many minutes have passed (default: run every step)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and training pictures")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate the tokenizer at --out")
     parser.add_argument("--maskgit-count", action="store_true",
@@ -525,7 +527,7 @@ def main():
             model = load_vqgan(args.out)
         else:
             start = time.perf_counter()
-            model = train_vqgan(args.out, train=VQGANTrainConfig(steps=args.steps, seed=args.seed))
+            model = train_vqgan(args.out, train=VQGANTrainConfig(steps=args.steps, max_minutes=args.minutes, seed=args.seed))
             print(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
         images, _, labels = data.shapes(500, seed=HELD_OUT_SEED, cfg=data.ShapesConfig(model.cfg.image_size))
         psnr, usage, kept = evaluate(model, images, labels)

@@ -273,7 +273,7 @@ def test_dead_codes_restart_on_the_encoders_latents():
     used = np.zeros(16, bool)
     used[:10] = True
     latents = np.arange(2 * 4 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 4)
-    restarted = vqgan.restart_dead_codes(model, used, latents, key=jax.random.key(0))
+    restarted = vqgan.restart_dead_codes(model, used, latents, np.random.default_rng(0))
     codebook = np.asarray(restarted.quantizer.codebook)
     np.testing.assert_array_equal(codebook[:10], model.quantizer.codebook[:10])
     rows = {tuple(r) for r in latents.reshape(-1, 4)}
