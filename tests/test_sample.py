@@ -167,6 +167,9 @@ def test_cli_draws_captions_and_inpaints(ckpt, tmp_path, capsys):
     assert Image.open(tmp_path / "grid_steps.png").size == (3 * 18, 2 * 18)  # a row per sample, a column per step
     message, printed = cli(capsys, "--image", str(ckpt / "shape.png"), *common)
     assert message is None and len(printed.strip().splitlines()) == 2  # one caption per sample
+    Image.new("L", (40, 20), 200).save(tmp_path / "wide_grey.png")  # wrong size and mode: cropped, resized
+    message, printed = cli(capsys, "--image", str(tmp_path / "wide_grey.png"), *common)
+    assert message is None and len(printed.strip().splitlines()) == 2
     message, printed = cli(capsys, "--unconditional-text", *common)
     assert message is None and len(printed.strip().splitlines()) == 3  # "wrote ..." and two captions
     message, printed = cli(capsys, "--image", str(ckpt / "shape.png"), "--keep", "0,0,32,64",
