@@ -55,9 +55,9 @@ class TrainConfig:
 # Data: pictures -> VQGAN codes once (cached on disk), captions -> text ids, then token pools per kind
 
 
-def image_tokenizer(out: Path, shipped: Path, images: str, log):
-    """The frozen VQGAN: out/vqgan.eqx, else a copy of the shipped one, else train one (minutes) on the
-    run's pictures (the shapes world when images == "")."""
+def image_tokenizer(out: Path, shipped: Path, images: str, minutes: float, log):
+    """The frozen VQGAN: out/vqgan.eqx, else a copy of the shipped one, else train one on the run's
+    pictures (the shapes world when images == ""), in at most half the run's budget (0 = no budget)."""
     path = out / "vqgan.eqx"
     if not path.exists() and shipped.exists():
         log(f"image tokenizer: copying {shipped} to {path}")
@@ -70,7 +70,8 @@ def image_tokenizer(out: Path, shipped: Path, images: str, log):
                              f"(python vqgan.py, or python train.py --out {out})")
         log(f"image tokenizer: none found, training one into {path}")
         size = vqgan.VQGANConfig().image_size
-        vqgan.train_vqgan(path, images=data.image_text_pairs(images, size)[0] if images else None)
+        budget = vqgan.VQGANTrainConfig(max_minutes=minutes / 2 if minutes else None)
+        vqgan.train_vqgan(path, train=budget, images=data.image_text_pairs(images, size)[0] if images else None)
     return vqgan.load_vqgan(path), path
 
 
@@ -266,7 +267,7 @@ def train(args):
         raise ValueError(f"--mix {' '.join(map(str, tcfg.mix))}: give three shares >= 0, not all 0")
     if tcfg.batch % jax.device_count():
         raise ValueError(f"--batch {tcfg.batch} must be a multiple of the {jax.device_count()} devices")
-    vq, vq_path = image_tokenizer(out, Path(args.vqgan), tcfg.images, log)
+    vq, vq_path = image_tokenizer(out, Path(args.vqgan), tcfg.images, args.minutes, log)
     captions, text, codes, rows = load_corpus(tcfg, vq, vq_path, out, log, process=process, processes=processes)
     if not args.resume:
         tokenizer = data.build_tokenizer(captions + text, length=args.text_tokens)
