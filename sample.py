@@ -165,7 +165,7 @@ def write_text(model, image_ids, cfg, *, key):
 def text_ids(tokenizer, prompt):
     """A prompt -> tokenizer ids (Nt,), with a note on stderr for what the model will not see."""
     words = set(tokenizer.words)
-    unknown = [w for w in data.WORD.findall(prompt.lower()) if w not in words]
+    unknown = list(dict.fromkeys(w for w in data.WORD.findall(prompt.lower()) if w not in words))
     if unknown:
         print(f"note: words the model never saw, spelled out in bytes: {' '.join(unknown[:10])}", file=sys.stderr)
     full = dataclasses.replace(tokenizer, length=len(prompt.encode("utf-8")) + 1).encode(prompt)
