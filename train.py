@@ -274,7 +274,8 @@ def train(args):
         mcfg = upgen.UPGenConfig(image_codes=vq.cfg.codebook_size, image_tokens=codes.shape[1],
                                  text_vocab=tokenizer.vocab_size, text_tokens=args.text_tokens,
                                  width=args.width, depth=args.depth, heads=args.heads, mlp=args.mlp,
-                                 compute_dtype=args.compute_dtype)
+                                 compute_dtype=args.compute_dtype, paired_text_weight=args.paired_text_weight,
+                                 unpaired_text_weight=args.unpaired_text_weight)
     caption_ids = np.stack([tokenizer.encode(captions[i]) for i in rows])
     # Unpaired text: the corpus if given, else the captions on their own (this host's slice of either).
     unpaired = text[process::processes] if text else [captions[i] for i in rows]
@@ -400,6 +401,8 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=m.heads, help="attention heads")
     p.add_argument("--mlp", type=int, default=m.mlp, help="MLP hidden units per block")
     p.add_argument("--text-tokens", type=int, default=m.text_tokens, help="text tokens per example")
+    p.add_argument("--paired-text-weight", type=float, default=m.paired_text_weight, help="loss weight of a masked caption token (image tokens weigh 1)")
+    p.add_argument("--unpaired-text-weight", type=float, default=m.unpaired_text_weight, help="loss weight of a masked token of text-only data")
     p.add_argument("--compute-dtype", default=m.compute_dtype, choices=("float32", "bfloat16"), help="matmul dtype (bfloat16 on accelerators)")
     p.add_argument("--resume", action="store_true", help="continue from the newest state_<step>.eqx in --out (its saved config)")
     p.add_argument("--keep", type=int, default=2, help="state_<step>.eqx files to keep (0 = none, only upgen.eqx at the end)")
