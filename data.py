@@ -129,8 +129,8 @@ def read_picture(image):
     """Read (shape, colour, size, position) off a picture, or None if it is no valid shape picture.
 
     A simple reader, no learning: foreground = pixels far from the border's colour; its bounding box
-    gives size and position, how much of the box it fills gives the shape, its core pixels the colour.
-    The picture is valid when the shape redrawn at that box matches the foreground closely.
+    gives size and position, the shape whose outline drawn in that box overlaps the foreground best gives
+    the shape, its core pixels the colour. The picture is valid when that overlap is close.
     """
     image = np.asarray(image, np.float32)
     side = image.shape[0]
@@ -142,8 +142,6 @@ def read_picture(image):
     ys, xs = np.nonzero(mask)
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
     width, height = x1 - x0, y1 - y0
-    fill = mask.sum() / (width * height)
-    shape = 1 if fill > 0.9 else 0 if fill > 0.65 else 2
     core = image[distance > 150]
     if len(core) == 0:
         return None
@@ -152,12 +150,15 @@ def read_picture(image):
     size = 0 if max(width, height) > 0.32 * side else 1
     centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2]) / side
     position = int(np.argmin(((ANCHORS - centre) ** 2).sum(-1)))
-    ideal = Image.new("L", (side, side), 0)
-    method, xy = _outline(shape, (x0, y0, x1 - 1, y1 - 1))
-    getattr(ImageDraw.Draw(ideal), method)(xy, fill=1)
-    ideal = np.asarray(ideal, bool)
-    iou = (ideal & mask).sum() / (ideal | mask).sum()
-    valid = iou > 0.8 and 0.75 < width / height < 1.33 and np.mean(colours == colour) > 0.8
+    overlaps = []
+    for shape in range(len(SHAPES)):  # the shape whose ideal outline in that box overlaps best
+        ideal = Image.new("L", (side * SUPERSAMPLE,) * 2, 0)
+        method, xy = _outline(shape, tuple(v * SUPERSAMPLE for v in (x0, y0, x1, y1)))
+        getattr(ImageDraw.Draw(ideal), method)(xy, fill=255)
+        ideal = np.asarray(ideal.resize((side, side), Image.Resampling.BOX)) > 127
+        overlaps.append((ideal & mask).sum() / (ideal | mask).sum())
+    shape = int(np.argmax(overlaps))
+    valid = overlaps[shape] > 0.7 and 0.75 < width / height < 1.33 and np.mean(colours == colour) > 0.8
     return (shape, colour, size, position) if valid else None
 
 
