@@ -233,9 +233,8 @@ def train_config(fields: dict) -> TrainConfig:
 
 def write_samples(model, vq, tokenizer, prompts, path: Path, *, key):
     """Text -> image for a few training captions: one PNG, a quick look at what the model learnt."""
-    prompt_ids = np.stack([tokenizer.encode(p) for p in prompts]) + model.cfg.image_codes
-    tokens = np.concatenate([np.full((len(prompts), model.cfg.image_tokens), model.cfg.mask_id), prompt_ids], 1)
-    states = sample.generate(model, jnp.asarray(tokens, jnp.int32), sample.DecodeConfig(), key=key)  # (T, B, L)
+    tokens = jnp.concatenate([sample.inputs(model.cfg, 1, text=tokenizer.encode(p)) for p in prompts])  # (B, L)
+    states = sample.generate(model, tokens, sample.DecodeConfig(), key=key)  # (T, B, L)
     sample.save_grid(sample.pictures(vq, states[-1], model.cfg)[None], path)
 
 
