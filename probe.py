@@ -21,8 +21,9 @@ import numpy as np
 import optax
 
 import data
-from upgen import UPGen, load_upgen, make_sequence
-from vqgan import encode_images, load_vqgan
+import sample
+from upgen import UPGen, make_sequence
+from vqgan import encode_images
 
 
 @dataclass(frozen=True)
@@ -162,19 +163,6 @@ def class_folder(path, image_size):
     return np.stack(images), np.array(labels, np.int32)[:, None], classes, skipped
 
 
-def load_frozen(ckpt):
-    """A checkpoint folder with upgen.eqx and vqgan.eqx -> (model, vqgan)."""
-    ckpt = Path(ckpt)
-    if not (ckpt / "upgen.eqx").is_file() or not (ckpt / "vqgan.eqx").is_file():
-        raise FileNotFoundError(f"no checkpoint in {ckpt} (needs upgen.eqx and vqgan.eqx): train one with "
-                                f"`python train.py`, then run `python probe.py --ckpt runs/shapes`")
-    model, _ = load_upgen(ckpt / "upgen.eqx")
-    vqgan = load_vqgan(ckpt / "vqgan.eqx")
-    if vqgan.cfg.codebook_size != model.cfg.image_codes or vqgan.cfg.tokens_per_side ** 2 != model.cfg.image_tokens:
-        raise ValueError(f"{ckpt}: vqgan.eqx and upgen.eqx do not belong together (codebook or token count differ)")
-    return model, vqgan
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", default="checkpoints/shapes", help="folder with upgen.eqx and vqgan.eqx")
@@ -186,7 +174,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the shapes pictures, the split, random init and the probe")
     args = parser.parse_args(argv)
     try:
-        model, vqgan = load_frozen(args.ckpt)
+        model, _, vqgan = sample.load(args.ckpt)
         if args.folder:
             images, labels, classes, skipped = class_folder(args.folder, vqgan.cfg.image_size)
             tasks = [f"{len(classes)} classes"]

@@ -296,9 +296,13 @@ def load(ckpt):
     """-> (UPGen, text tokenizer, VQGAN) from a folder holding upgen.eqx and vqgan.eqx."""
     try:
         model, tokenizer = upgen.load_upgen(Path(ckpt) / "upgen.eqx")
-        return model, tokenizer, vqgan.load_vqgan(Path(ckpt) / "vqgan.eqx")
+        tokenizer_model = vqgan.load_vqgan(Path(ckpt) / "vqgan.eqx")
     except (ValueError, OSError) as e:
         raise ValueError(f"{e}; make a checkpoint with `python train.py --out {ckpt}`") from None
+    if (tokenizer_model.cfg.codebook_size, tokenizer_model.cfg.tokens_per_side ** 2) != (
+            model.cfg.image_codes, model.cfg.image_tokens):
+        raise ValueError(f"{ckpt}: vqgan.eqx and upgen.eqx do not belong together (codebook or token count differ)")
+    return model, tokenizer, tokenizer_model
 
 
 def run(args):

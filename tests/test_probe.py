@@ -5,6 +5,7 @@ import pytest
 
 import data
 import probe
+import sample
 from upgen import UPGen, UPGenConfig, make_sequence, save_upgen
 from vqgan import VQGAN, VQGANConfig, save_vqgan
 
@@ -32,7 +33,7 @@ def error_of(argv):
 
 
 def test_features_are_each_layers_mean_over_image_positions_of_an_image_only_sequence(ckpt):
-    model, _ = probe.load_frozen(ckpt)
+    model, _, _ = sample.load(ckpt)
     ids = np.random.default_rng(0).integers(0, 32, size=(3, 64)).astype(np.int32)
     features = probe.model_features(model, ids, None, batch_size=2)  # 2 batches, the last one padded
     _, hiddens = model(make_sequence(ids[2], None, model.cfg), hidden=True)  # (depth, L, D)
