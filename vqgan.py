@@ -2,8 +2,8 @@
 
 A picture goes through a convolutional encoder, each latent vector is replaced by the index of its
 nearest codebook vector (its token), and a convolutional decoder turns the codes back into a picture.
-    python vqgan.py --out checkpoints/shapes/vqgan.eqx   # train the shapes tokenizer (64x64 -> 8x8 tokens), evaluate it
-    python vqgan.py --out checkpoints/shapes/vqgan.eqx --eval-only        # evaluate it on 500 held-out pictures
+    python vqgan.py                                      # train a shapes tokenizer (64x64 -> 8x8) into runs/shapes, evaluate it
+    python vqgan.py --out checkpoints/shapes/vqgan.eqx --eval-only        # evaluate the shipped one on 500 held-out pictures
     python vqgan.py --maskgit-count                      # the 256x256 config's size vs MaskGIT's checkpoint
     python vqgan.py --from-maskgit tokenizer_imagenet256_checkpoint --out imagenet_vqgan.eqx   # convert
 Read next: upgen.py, the transformer that models these tokens.
@@ -501,7 +501,7 @@ def train_vqgan(out_path, cfg=VQGANConfig(), train=VQGANTrainConfig(), images=No
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="checkpoints/shapes/vqgan.eqx", help="where to write the tokenizer")
+    parser.add_argument("--out", default="runs/shapes/vqgan.eqx", help="where to write the tokenizer (train.py --out runs/shapes then uses it); the shipped one pairs with checkpoints/shapes/upgen.eqx, so do not overwrite it")
     parser.add_argument("--steps", type=int, default=VQGANTrainConfig.steps, help="optimiser steps")
     parser.add_argument("--minutes", type=float, default=VQGANTrainConfig.max_minutes,
                         help="stop training early once this many minutes have passed (default: run every step)")
