@@ -123,7 +123,7 @@ def probe(model: UPGen, vqgan, images, labels, cfg: ProbeConfig, *, layer=None, 
     test, train = order[:n_test], order[n_test:]
     if len(train) == 0:
         raise ValueError(f"{len(images)} images are too few to train on some and hold out the rest")
-    image_ids = in_batches(lambda x: encode_images(vqgan, x), images, cfg.batch_size)  # (n, Ni)
+    image_ids = encode_images(vqgan, images)  # (n, Ni)
     sources = {
         "upgen": model_features(model, image_ids, layer, cfg.batch_size),
         "random init": model_features(UPGen(model.cfg, key=init_key), image_ids, layer, cfg.batch_size),

@@ -75,16 +75,6 @@ def image_tokenizer(out: Path, shipped: Path, images: str, minutes: float, log):
     return vqgan.load_vqgan(path), path
 
 
-def encode_all(vq, images, batch=256):
-    """uint8 (n, S, S, 3) -> VQGAN codes int32 (n, tokens), in fixed-size batches (one compilation)."""
-    batch, codes = min(batch, len(images)), []
-    for i in tqdm(range(0, len(images), batch), desc="tokenising images", leave=False):
-        chunk = images[i:i + batch]
-        padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-        codes.append(vqgan.encode_images(vq, padded)[:len(chunk)])
-    return np.concatenate(codes)
-
-
 def load_corpus(tcfg: TrainConfig, vq, vq_path: Path, out: Path, log, *, process=0, processes=1):
     """-> (all captions, all unpaired text, this process's image codes, its caption indices).
 
@@ -107,7 +97,7 @@ def load_corpus(tcfg: TrainConfig, vq, vq_path: Path, out: Path, log, *, process
     else:
         images, captions, _ = data.shapes(tcfg.shapes, tcfg.seed)
     rows = np.arange(process, len(images), processes)
-    codes = encode_all(vq, images[rows])
+    codes = vqgan.encode_images(vq, images[rows])
     with open(cache.with_name(cache.name + ".tmp"), "wb") as f:
         np.savez(f, key=key, captions=np.array(captions), codes=codes, rows=rows)
     os.replace(cache.with_name(cache.name + ".tmp"), cache)

@@ -241,14 +241,24 @@ def _decode(model, ids):  # int32 (B, h*w) -> uint8 (B, H, W, 3)
     return jnp.round(jnp.clip(jnp.moveaxis(x, 1, -1), 0, 1) * 255).astype(jnp.uint8)
 
 
-def encode_images(model, images):
-    """uint8 (B, H, W, 3) pictures -> int32 (B, h*w) token ids in raster order."""
+def encode_images(model, images, batch=256):
+    """uint8 (B, H, W, 3) pictures -> int32 (B, h*w) token ids in raster order.
+
+    Any B: the pictures go through in chunks padded to one size, so memory stays bounded and the
+    encoder compiles once."""
     images = np.asarray(images)
     size = model.cfg.image_size
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
         raise ValueError(f"this tokenizer takes uint8 pictures of shape (B, {size}, {size}, 3), "
                          f"got {images.dtype} {images.shape}; resize them first (e.g. data.load_image)")
-    return np.asarray(_encode(model, images))
+    if len(images) == 0:
+        return np.zeros((0, model.cfg.tokens_per_side ** 2), np.int32)
+    batch, codes = min(batch, len(images)), []
+    for i in tqdm(range(0, len(images), batch), desc="tokenising images", leave=False, disable=len(images) <= batch):
+        chunk = images[i:i + batch]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+        codes.append(np.asarray(_encode(model, padded))[:len(chunk)])
+    return np.concatenate(codes)
 
 
 def decode_tokens(model, ids):
