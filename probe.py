@@ -47,20 +47,10 @@ def pooled_layers(model: UPGen, image_ids):
     return hiddens[:, :, : model.cfg.image_tokens].mean(axis=2)              # (B, depth, D)
 
 
-def in_batches(fn, x, batch_size):
-    """fn over x (n, ...) in batches padded to one size, so that fn compiles once -> numpy (n, ...)."""
-    batch_size = min(batch_size, len(x))
-    out = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size]
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)])
-        out.append(np.asarray(fn(padded))[: len(chunk)])
-    return np.concatenate(out)
-
-
 def model_features(model: UPGen, image_ids, layer, batch_size):
     """-> float32 (n, depth * D), all layers concatenated, or (n, D) of one layer (negative counts back)."""
-    pooled = in_batches(lambda ids: pooled_layers(model, ids), image_ids, batch_size)  # (n, depth, D)
+    pooled = sample.in_batches(lambda ids, _: pooled_layers(model, ids), image_ids, batch_size,
+                               key=jax.random.key(0))  # (n, depth, D)
     return pooled.reshape(len(pooled), -1) if layer is None else pooled[:, layer]
 
 

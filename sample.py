@@ -233,10 +233,16 @@ def save_grid(images, path):
 
 
 def in_batches(f, x, size, *, key):
-    """f(x_chunk, key) over near-equal chunks of at most `size` rows (one compile), concatenated."""
-    chunks = np.array_split(np.asarray(x), -(-len(x) // size))
-    keys = jax.random.split(key, len(chunks))
-    return np.concatenate([np.asarray(f(jnp.asarray(c), k)) for c, k in zip(chunks, keys)])
+    """f(chunk, key) over x (n, ...) in chunks of `size` rows, the last one padded to the same size so
+    that f compiles once; each chunk gets its own key -> numpy (n, ...)."""
+    x, size = np.asarray(x), min(size, len(x))
+    keys = jax.random.split(key, -(-len(x) // size))
+    out = []
+    for start, chunk_key in zip(range(0, len(x), size), keys):
+        chunk = x[start:start + size]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+        out.append(np.asarray(f(jnp.asarray(padded), chunk_key))[:len(chunk)])
+    return np.concatenate(out)
 
 
 def evaluate(model, tokenizer, tokenizer_model, cfg, *, key, batch=256):

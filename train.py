@@ -264,7 +264,8 @@ def train(args):
                                  text_vocab=tokenizer.vocab_size, text_tokens=args.text_tokens,
                                  width=args.width, depth=args.depth, heads=args.heads, mlp=args.mlp,
                                  compute_dtype=args.compute_dtype, paired_text_weight=args.paired_text_weight,
-                                 unpaired_text_weight=args.unpaired_text_weight)
+                                 unpaired_text_weight=args.unpaired_text_weight,
+                                 mask_modalities_apart=args.mask_modalities_apart)
     caption_ids = np.stack([tokenizer.encode(captions[i]) for i in rows])
     # Unpaired text: the corpus if given, else the captions on their own (this host's slice of either).
     unpaired = text[process::processes] if text else [captions[i] for i in rows]
@@ -392,6 +393,7 @@ def main(argv=None):
     p.add_argument("--text-tokens", type=int, default=m.text_tokens, help="text tokens per example")
     p.add_argument("--paired-text-weight", type=float, default=m.paired_text_weight, help="loss weight of a masked caption token (image tokens weigh 1)")
     p.add_argument("--unpaired-text-weight", type=float, default=m.unpaired_text_weight, help="loss weight of a masked token of text-only data")
+    p.add_argument("--mask-modalities-apart", action="store_true", help="paired examples draw one mask ratio for the picture and another for the caption (the paper: one for both)")
     p.add_argument("--compute-dtype", default=m.compute_dtype, choices=("float32", "bfloat16"), help="matmul dtype (bfloat16 on accelerators)")
     p.add_argument("--resume", action="store_true", help="continue from the newest state_<step>.eqx in --out (its saved config)")
     p.add_argument("--keep", type=int, default=2, help="state_<step>.eqx files to keep (0 = none, only upgen.eqx at the end)")

@@ -34,6 +34,10 @@ class UPGenConfig:
     paired_text_weight: float = 0.1    # ... of a masked caption token (text that comes with an image)
     unpaired_text_weight: float = 0.01 # ... of a masked token of text-only data
     text_mask_ratio: float = 0.15      # fixed mask ratio of text-only examples, as in BERT
+    mask_modalities_apart: bool = False  # paired examples: False (the paper) draws one mask ratio for
+    #                                      image and caption together; True draws one for each, so that
+    #                                      "whole picture hidden, caption in full view" (the start of
+    #                                      text->image) and its mirror are seen in training far more often
 
     @property
     def seq_len(self) -> int:
@@ -80,23 +84,34 @@ def make_sequence(image_ids, text_ids, cfg: UPGenConfig):
     return jnp.concatenate([jnp.asarray(image_ids, jnp.int32), text_ids], axis=-1)  # (..., L)
 
 
+def choose(real, ratio, *, key):
+    """Picks ratio * (number of real positions) of the real positions at random: bool (L,).
+    Stochastic rounding keeps the expected count at ratio * n (plain rounding would mask 1 of an
+    8-word caption, 12.5%, instead of 15%)."""
+    round_key, order_key = jax.random.split(key)
+    count = jnp.floor(ratio * real.sum() + jax.random.uniform(round_key))
+    # Take the `count` real positions with the smallest random scores; PAD scores +inf, so never counts.
+    scores = jnp.where(real, jax.random.uniform(order_key, real.shape), jnp.inf)
+    rank = jnp.argsort(jnp.argsort(scores))                                  # (L,) 0 = smallest score
+    return rank < count
+
+
 def mask_one(tokens, kind, cfg: UPGenConfig, *, key):
     """Chooses which real tokens of one sequence (L,) to hide; returns (inputs (L,), masked bool (L,))."""
-    ratio_key, round_key, order_key = jax.random.split(key, 3)
+    image_ratio_key, text_ratio_key, image_key, text_key, fallback_key = jax.random.split(key, 5)
     real = tokens != cfg.pad_id                                              # (L,)
-    n_real = real.sum()
+    is_image = jnp.arange(cfg.seq_len) < cfg.image_tokens                   # (L,)
     # Paired and image-only examples draw their ratio in (0, 1], so the model sees everything from
     # "fill in one token" to "generate from nothing"; text-only data uses BERT's fixed ratio.
-    uniform = 1.0 - jax.random.uniform(ratio_key)                            # (0, 1]
-    ratio = jnp.where(kind == TEXT_ONLY, cfg.text_mask_ratio, uniform)
-    # Stochastic rounding keeps the expected count at ratio * n_real (plain rounding would mask 1 of an
-    # 8-word caption, 12.5%, instead of 15%); at least one real token is always masked.
-    count = jnp.floor(ratio * n_real + jax.random.uniform(round_key))
-    count = jnp.clip(count, 1, n_real)
-    # Mask the `count` real tokens with the smallest random scores; PAD scores +inf, so is never chosen.
-    scores = jnp.where(real, jax.random.uniform(order_key, tokens.shape), jnp.inf)
-    rank = jnp.argsort(jnp.argsort(scores))                                  # (L,) 0 = smallest score
-    masked = rank < count
+    image_ratio = 1.0 - jax.random.uniform(image_ratio_key)                  # (0, 1]
+    text_ratio = jnp.where(kind == TEXT_ONLY, cfg.text_mask_ratio, 1.0 - jax.random.uniform(text_ratio_key))
+    if cfg.mask_modalities_apart:  # one ratio for the picture, another for its caption
+        masked = choose(real & is_image, image_ratio, key=image_key) | choose(real & ~is_image, text_ratio, key=text_key)
+    else:  # the paper: one ratio for the whole sequence
+        masked = choose(real, jnp.where(kind == TEXT_ONLY, text_ratio, image_ratio), key=image_key)
+    # At least one real token is always masked, so every example has a loss.
+    first = jnp.argmin(jnp.where(real, jax.random.uniform(fallback_key, real.shape), jnp.inf))
+    masked = masked | (~masked.any() & (jnp.arange(cfg.seq_len) == first))
     return jnp.where(masked, cfg.mask_id, tokens), masked
 
 

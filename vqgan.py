@@ -470,12 +470,14 @@ def restart_dead_codes(model, used, latents, rng):
 
 def evaluate(model, images, labels, batch=100):
     """-> (PSNR in dB over all pictures pooled, fraction of codes used, fraction of pictures whose reconstruction
-    data.read_picture reads as the same 4 attributes)."""
+    data.read_picture reads as the same 4 attributes, mean number of distinct tokens in a picture).
+    The last is how hard the tokens are for UPGen: a plain background should take few distinct codes."""
     ids = np.concatenate([encode_images(model, images[i:i + batch]) for i in range(0, len(images), batch)])
     recon = np.concatenate([decode_tokens(model, ids[i:i + batch]) for i in range(0, len(ids), batch)])
     mse = np.mean((recon.astype(np.float64) - images) ** 2)
     kept = np.mean([data.read_picture(r) == tuple(l) for r, l in zip(recon, labels.tolist())])
-    return 10 * np.log10(255 ** 2 / mse), len(np.unique(ids)) / model.cfg.codebook_size, kept
+    distinct = np.mean([len(np.unique(row)) for row in ids])
+    return 10 * np.log10(255 ** 2 / mse), len(np.unique(ids)) / model.cfg.codebook_size, kept, distinct
 
 
 def train_vqgan(out_path, cfg=VQGANConfig(), train=VQGANTrainConfig(), images=None):
@@ -540,9 +542,10 @@ def main():
             model = train_vqgan(args.out, train=VQGANTrainConfig(steps=args.steps, max_minutes=args.minutes, seed=args.seed))
             print(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
         images, _, labels = data.shapes(500, seed=HELD_OUT_SEED, cfg=data.ShapesConfig(model.cfg.image_size))
-        psnr, usage, kept = evaluate(model, images, labels)
+        psnr, usage, kept, distinct = evaluate(model, images, labels)
         print(f"500 held-out pictures: PSNR {psnr:.2f} dB, {usage:.0%} of {model.cfg.codebook_size} codes used, "
-              f"{kept:.1%} of reconstructions keep shape, colour, size and position")
+              f"{kept:.1%} of reconstructions keep shape, colour, size and position, "
+              f"{distinct:.1f} distinct tokens per picture")
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 

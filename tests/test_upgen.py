@@ -47,6 +47,23 @@ def test_paired_mask_ratio_is_drawn_uniformly_in_0_1():
     assert fraction.min() > 0 and fraction.max() == 1.0
 
 
+def test_masking_modalities_apart_draws_independent_ratios_for_picture_and_caption():
+    n = 4000
+    tokens, kinds = random_sequences(TINY, [PAIRED] * n, [TINY.text_tokens] * n)
+    hidden = {}
+    for apart in (False, True):
+        cfg = dataclasses.replace(TINY, mask_modalities_apart=apart)
+        masked = np.asarray(upgen.mask_tokens(tokens, kinds, cfg, key=jax.random.key(5))[1])
+        hidden[apart] = masked[:, :TINY.image_tokens].mean(1), masked[:, TINY.image_tokens:].mean(1)
+    image, text = hidden[True]
+    assert abs(image.mean() - 0.5) < 0.02 and abs(text.mean() - 0.5) < 0.02  # each still U(0, 1]
+    assert abs(np.corrcoef(image, text)[0, 1]) < 0.05  # drawn apart: uncorrelated
+    assert np.corrcoef(*hidden[False])[0, 1] > 0.5  # the paper's one ratio: strongly correlated
+    # The start of text->image (whole picture hidden, caption untouched) is seen in training:
+    start = lambda image, text: np.mean((image == 1) & (text == 0))
+    assert start(*hidden[True]) > 0.003 and start(*hidden[False]) < 0.0005  # about 1/16 * 1/12 and 1e-5
+
+
 def test_unpaired_text_is_masked_at_15_percent():
     # Captions of 10 words, as in the shapes world (below 7 words, "at least one" takes over from 15%).
     n, cfg = 4000, dataclasses.replace(TINY, text_tokens=16)
@@ -57,12 +74,13 @@ def test_unpaired_text_is_masked_at_15_percent():
     assert abs(fraction.mean() - 0.15) < 4 * standard_error
 
 
-def test_pad_is_never_masked_and_every_example_has_a_masked_token():
-    n = 600
+@pytest.mark.parametrize("apart", [False, True])
+def test_pad_is_never_masked_and_every_example_has_a_masked_token(apart):
+    n, cfg = 600, dataclasses.replace(TINY, mask_modalities_apart=apart)
     kinds = [PAIRED, IMAGE_ONLY, TEXT_ONLY] * (n // 3)
     lengths = np.random.default_rng(2).integers(1, TINY.text_tokens + 1, n)  # captions of 1..6 tokens
     tokens, kinds = random_sequences(TINY, kinds, lengths)
-    inputs, masked = upgen.mask_tokens(tokens, kinds, TINY, key=jax.random.key(2))
+    inputs, masked = upgen.mask_tokens(tokens, kinds, cfg, key=jax.random.key(2))
     pad = tokens == TINY.pad_id
     assert not (masked & pad).any()
     assert (masked.sum(axis=1) >= 1).all()
