@@ -472,7 +472,7 @@ def evaluate(model, images, labels, batch=100):
     """-> (PSNR in dB over all pictures pooled, fraction of codes used, fraction of pictures whose reconstruction
     data.read_picture reads as the same 4 attributes, mean number of distinct tokens in a picture).
     The last is how hard the tokens are for UPGen: a plain background should take few distinct codes."""
-    ids = np.concatenate([encode_images(model, images[i:i + batch]) for i in range(0, len(images), batch)])
+    ids = encode_images(model, images, batch)
     recon = np.concatenate([decode_tokens(model, ids[i:i + batch]) for i in range(0, len(ids), batch)])
     mse = np.mean((recon.astype(np.float64) - images) ** 2)
     kept = np.mean([data.read_picture(r) == tuple(l) for r, l in zip(recon, labels.tolist())])
