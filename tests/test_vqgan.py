@@ -293,9 +293,11 @@ def test_training_lowers_the_reconstruction_error(tmp_path):
     assert mse(model) < 0.5 * mse(before)
 
 
+# ~5 min: python vqgan.py, the shapes tokenizer trained within its default 4.5-minute budget. Not met yet
+# (25.6 dB, 46% kept on a shared CPU): the background's grey level is barely encoded (MSE ~50 on it alone)
 @pytest.mark.slow
-def test_shipped_shapes_tokenizer_meets_its_targets():
-    model = vqgan.load_vqgan("checkpoints/shapes/vqgan.eqx")
+def test_five_minute_shapes_tokenizer_meets_its_targets(tmp_path):
+    model = vqgan.train_vqgan(tmp_path / "vqgan.eqx")
     images, _, labels = data.shapes(500, seed=vqgan.HELD_OUT_SEED)
     psnr, usage, kept, _ = vqgan.evaluate(model, images, labels)
     assert psnr >= 30 and usage >= 0.25 and kept == 1.0, (psnr, usage, kept)
