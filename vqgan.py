@@ -35,7 +35,7 @@ class VQGANConfig:
     channel_multipliers: tuple[int, ...] = (1, 1, 1, 1)
     num_res_blocks: int = 1  # residual blocks per level (and in the middle)
     embedding_dim: int = 16  # size of a latent vector and of a codebook entry
-    codebook_size: int = 512  # number of distinct image tokens (1024 tried: 27.9 dB, no better)
+    codebook_size: int = 512  # number of distinct image tokens
     norm_groups: int = 2  # GroupNorm groups; MaskGIT keeps Flax's 32. With one channel per group GroupNorm
     #                       erases each channel's mean, so small widths need several channels per group
 
@@ -54,7 +54,7 @@ class VQGANConfig:
 
 # MaskGIT's ImageNet tokenizer (maskgit/configs/vqgan_config.py): 256x256 -> 16x16 tokens, ~54.5M parameters.
 MASKGIT_IMAGENET = VQGANConfig(image_size=256, filters=128, channel_multipliers=(1, 1, 2, 2, 4),
-                               num_res_blocks=2, embedding_dim=256, codebook_size=1024)
+                               num_res_blocks=2, embedding_dim=256, codebook_size=1024, norm_groups=32)
 
 
 # ----------------------------------------------------------------------------------------------

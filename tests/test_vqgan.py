@@ -192,6 +192,10 @@ def test_maskgit_imagenet_config_has_the_released_tokenizers_parameters():
     assert len(expected) == 168
     assert vqgan.parameter_count(model) == sum(math.prod(s) for s in expected.values())
     assert 54.4e6 < vqgan.parameter_count(model) < 54.6e6
+    # Flax's nn.GroupNorm, which MaskGIT uses with its defaults, normalises 32 groups of channels
+    norms = [x for x in jax.tree.leaves(model, is_leaf=lambda x: isinstance(x, eqx.nn.GroupNorm))
+             if isinstance(x, eqx.nn.GroupNorm)]
+    assert len(norms) > 20 and {n.groups for n in norms} == {32}
 
 
 def test_load_maskgit_gives_maskgits_outputs(tmp_path):
