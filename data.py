@@ -255,6 +255,8 @@ WORD = re.compile(r"\w+|[^\w\s]")
 class Tokenizer:
     words: tuple[str, ...]  # the word vocabulary; ids N_SPECIAL + N_BYTES + i
     length: int = 16  # every text is truncated or padded with PAD to this many tokens
+    caption_lengths: tuple[int, ...] = ()  # training captions of 1, 2, ..., length tokens: how many of each.
+    #                                        Captioning needs it (sample.write_text); () = unknown
 
     @property
     def vocab_size(self):
@@ -291,6 +293,11 @@ def build_tokenizer(texts, length=16, max_words=8192):
             counts[word] = counts.get(word, 0) + 1
     words = sorted(counts, key=lambda w: -counts[w])[:max_words]
     return Tokenizer(tuple(words), length)
+
+
+def tokenizer_from_header(fields: dict) -> Tokenizer:
+    """The Tokenizer saved in a checkpoint header (JSON turns its tuples into lists)."""
+    return Tokenizer(tuple(fields["words"]), fields["length"], tuple(fields.get("caption_lengths", ())))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -136,16 +136,24 @@ def token_log_probs(model, seqs, targets):
     return jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
 
 
+def length_prior(tokenizer):
+    """log p(k) of a caption of k = 1..Nt tokens, from the training captions' lengths: float32 (Nt,).
+    Lengths no training caption had get ~-20, so they are chosen only if nothing else is possible."""
+    counts = np.asarray(tokenizer.caption_lengths or np.ones(tokenizer.length), np.float64)
+    return jnp.asarray(np.log(np.maximum(counts / counts.sum(), 1e-9)), jnp.float32)
+
+
 @eqx.filter_jit
-def write_text(model, image_ids, cfg, *, key):
+def write_text(model, image_ids, prior, cfg, *, key):
     """Captions of pictures image_ids (B, Ni) -> text token ids (B, Nt), PAD-padded.
 
     [PAD] is never masked in training, so the model never says where a text ends: we choose the length.
     We decode a caption y for every length k = 1..Nt in one batch and keep the one with the best
-        mean_i log p(y_i | picture, k, all text masked) + mean_j log p(x_j | y, all image masked):
-    the first term rejects captions the model finds unlikely for the picture at that length, the
-    second rejects captions that say too little to redraw the picture x (a short "a circle" scores
-    well on the first term alone). Both come from one more forward pass each."""
+        log p(k) + mean_i log p(y_i | picture, k, all text masked) + mean_j log p(x_j | y, all image masked):
+    the prior (length_prior) rules out lengths no training caption had, where the model is
+    confidently wrong (a 4-token "a big red circle" never names its place); the second term rejects
+    captions the model finds unlikely for the picture at that length; the third rejects captions that
+    say too little to redraw the picture x. Each term costs one more forward pass at most."""
     mcfg = model.cfg
     B, Ni, Nt = image_ids.shape[0], mcfg.image_tokens, mcfg.text_tokens
     lengths = jnp.arange(1, Nt + 1)  # (K,) candidate lengths, K = Nt
@@ -157,7 +165,7 @@ def write_text(model, image_ids, cfg, *, key):
     text_score = token_log_probs(model, seqs, decoded)[:, Ni:].reshape(B, Nt, Nt)  # (B, K, Nt)
     text_score = jnp.where(used, text_score, 0).sum(-1) / lengths  # (B, K)
     image_score = token_log_probs(model, decoded.at[:, :Ni].set(mcfg.mask_id), decoded)[:, :Ni]
-    score = text_score + image_score.mean(-1).reshape(B, Nt)  # (B, K)
+    score = prior[None] + text_score + image_score.mean(-1).reshape(B, Nt)  # (B, K)
     best = decoded.reshape(B, Nt, -1)[jnp.arange(B), score.argmax(-1), Ni:]  # (B, Nt)
     return jnp.where(best == mcfg.pad_id, data.PAD, best - mcfg.image_codes)
 
@@ -263,7 +271,8 @@ def evaluate(model, tokenizer, tokenizer_model, cfg, *, key, batch=256):
     images, _, labels = data.shapes(100, seed=20261125, varied=False)  # fresh pictures, not a training seed
     codes = vqgan.encode_images(tokenizer_model, images)
     # write_text decodes a caption of every length per picture: 100 pictures, in small batches
-    texts = in_batches(lambda c, k: write_text(model, c, cfg, key=k), codes, batch // 8, key=i2t_key)
+    prior = length_prior(tokenizer)
+    texts = in_batches(lambda c, k: write_text(model, c, prior, cfg, key=k), codes, batch // 8, key=i2t_key)
     captions = [tokenizer.decode(t) for t in texts]
     right = np.mean([data.parse_caption(c) == tuple(lab) for c, lab in zip(captions, labels)])
     print(f"image->text: {right:.1%} of captions of 100 fresh pictures name all four attributes "
@@ -351,7 +360,7 @@ def run(args):
             return
         # Unconditional text as p(y) = sum_x p(x) p(y | x): caption the unconditional pictures just drawn.
         image = states[-1, :, :mcfg.image_tokens]
-    for ids in write_text(model, image, cfg, key=text_key):
+    for ids in write_text(model, image, length_prior(tokenizer), cfg, key=text_key):
         print(tokenizer.decode(ids))
 
 

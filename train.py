@@ -192,7 +192,7 @@ def init_state(mcfg, tcfg, optimizer, *, key):
 
 def save_state(out: Path, step, model, opt_state, mcfg, tcfg, tokenizer, keep: int):
     header = {"step": step, "upgen": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
-              "tokenizer": {"words": list(tokenizer.words), "length": tokenizer.length}}
+              "tokenizer": dataclasses.asdict(tokenizer)}
     data.save_checkpoint(out / f"state_{step}.eqx", header, host_copy((model, opt_state)))
     for old in state_files(out)[:-keep]:
         old.unlink()
@@ -208,7 +208,7 @@ def load_state(path: Path):
         mcfg, tcfg = upgen.UPGenConfig(**header["upgen"]), train_config(header["train"])
         return eqx.filter_eval_shape(init_state, mcfg, tcfg, make_optimizer(tcfg), key=jax.random.key(0))
     header, (model, opt_state) = data.load_checkpoint(path, skeleton)
-    tokenizer = data.Tokenizer(tuple(header["tokenizer"]["words"]), header["tokenizer"]["length"])
+    tokenizer = data.tokenizer_from_header(header["tokenizer"])
     return (header["step"], model, opt_state, upgen.UPGenConfig(**header["upgen"]),
             train_config(header["train"]), tokenizer)
 
@@ -267,6 +267,9 @@ def train(args):
                                  unpaired_text_weight=args.unpaired_text_weight,
                                  mask_modalities_apart=args.mask_modalities_apart)
     caption_ids = np.stack([tokenizer.encode(captions[i]) for i in rows])
+    if not args.resume:  # the caption-length prior of sample.write_text: the model never predicts PAD
+        counts = np.bincount((caption_ids != data.PAD).sum(1), minlength=args.text_tokens + 1)[1:]
+        tokenizer = dataclasses.replace(tokenizer, caption_lengths=tuple(counts.tolist()))
     # Unpaired text: the corpus if given, else the captions on their own (this host's slice of either).
     unpaired = text[process::processes] if text else [captions[i] for i in rows]
     pools = token_pools(codes, caption_ids, np.stack([tokenizer.encode(t) for t in unpaired]), mcfg)

@@ -239,7 +239,7 @@ def load_upgen(path):
     if "upgen" not in data.read_header(path):
         raise ValueError(f"{path} is no UPGen model file (upgen.eqx is written by train.py)")
     header, model = data.load_checkpoint(path, skeleton)
-    return model, data.Tokenizer(tuple(header["tokenizer"]["words"]), header["tokenizer"]["length"])
+    return model, data.tokenizer_from_header(header["tokenizer"])
 
 
 # ---------------------------------------------------------------------------------------------------

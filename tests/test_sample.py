@@ -1,4 +1,5 @@
 """Tests of sample.py: each test is one sentence of MaskGIT's decoding or of the sampling CLI."""
+import dataclasses
 import math
 
 import equinox as eqx
@@ -101,7 +102,8 @@ def test_every_mode_keeps_its_known_tokens(tiny_model):
         known = tokens != cfg.mask_id
         assert jnp.all(jnp.where(known, final == tokens, True)), name
         assert jnp.all(final[:, :cfg.image_tokens] < cfg.image_codes), name  # image slots: image codes only
-    ids = np.asarray(sample.write_text(tiny_model, jnp.tile(jnp.asarray(image), (3, 1)), dcfg, key=jax.random.key(8)))
+    ids = np.asarray(sample.write_text(tiny_model, jnp.tile(jnp.asarray(image), (3, 1)), sample.length_prior(TOKENIZER),
+                                       dcfg, key=jax.random.key(8)))
     for row in ids:  # image->text: some real text tokens, then PAD only
         length = int((row != data.PAD).sum())
         assert length >= 1 and np.all(row[:length] > data.MASK) and np.all(row[length:] == data.PAD)
@@ -125,8 +127,17 @@ class CaptionOracle(eqx.Module):
 
 def test_caption_length_is_the_one_that_is_likely_and_tells_the_whole_picture():
     picture = jnp.full((2, TINY.image_tokens), 5)
-    ids = sample.write_text(CaptionOracle(TINY), picture, sample.DecodeConfig(steps=4), key=jax.random.key(9))
+    ids = sample.write_text(CaptionOracle(TINY), picture, sample.length_prior(TOKENIZER), sample.DecodeConfig(steps=4),
+                            key=jax.random.key(9))
     assert [TOKENIZER.decode(row) for row in ids] == ["a large red circle"] * 2
+
+
+def test_captions_only_take_lengths_that_training_captions_had():
+    picture = jnp.full((2, TINY.image_tokens), 5)
+    three_words = dataclasses.replace(TOKENIZER, caption_lengths=(0, 0, 7, 0, 0, 0))  # every training caption: 3 tokens
+    ids = sample.write_text(CaptionOracle(TINY), picture, sample.length_prior(three_words), sample.DecodeConfig(steps=4),
+                            key=jax.random.key(9))
+    assert [TOKENIZER.decode(row) for row in ids] == ["a large red"] * 2
 
 
 # ---------------------------------------------------------------------------------------------------
