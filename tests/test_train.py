@@ -165,7 +165,7 @@ def write_pairs(folder, n):
 
 def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, tiny_vqgan):
     folder = tmp_path / "pairs"
-    write_pairs(folder, 5)
+    captions = write_pairs(folder, 5)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")
     (folder / "broken.txt").write_text("a small red circle in the center")
     corpus = tmp_path / "corpus.txt"
@@ -181,6 +181,11 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
     log = (tmp_path / "folder" / "train.log").read_text()
     assert "skipped 1 unreadable example(s)" in log and "broken.png" in log
     assert "pools [5, 5, 3]" in log  # 5 good pictures, paired and alone; 3 documents of text
+    import data
+    import upgen
+    _, tokenizer = upgen.load_upgen(tmp_path / "folder" / "upgen.eqx")  # the captions' lengths, not the corpus's
+    lengths = np.bincount([(tokenizer.encode(c) != data.PAD).sum() for c in captions], minlength=tokenizer.length + 1)
+    assert tokenizer.caption_lengths == tuple(lengths[1:].tolist())
     log = (tmp_path / "tar" / "train.log").read_text()
     assert "pools [5, 5, 5]" in log and "skipped" not in log  # no corpus: the captions are the text
     assert (tmp_path / "tar" / "upgen.eqx").exists() and (tmp_path / "tar" / "samples.png").exists()
