@@ -93,7 +93,6 @@ def test_every_mode_keeps_its_known_tokens(tiny_model):
     text = TOKENIZER.encode("a large red circle")
     keep = np.arange(cfg.image_tokens) < 6
     modes = {"text->image": sample.inputs(cfg, 3, text=text),
-             "unconditional image": sample.inputs(cfg, 3),
              "inpainting": sample.inputs(cfg, 3, image, text, keep),
              "inpainting, guided": sample.inputs(cfg, 3, image, text, keep)}
     for name, tokens in modes.items():
@@ -102,6 +101,13 @@ def test_every_mode_keeps_its_known_tokens(tiny_model):
         known = tokens != cfg.mask_id
         assert jnp.all(jnp.where(known, final == tokens, True)), name
         assert jnp.all(final[:, :cfg.image_tokens] < cfg.image_codes), name  # image slots: image codes only
+    lengths = jnp.array([1, 3, 6])
+    states = sample.unconditional(tiny_model, lengths, dcfg, key=jax.random.key(9))  # (T, 3, L)
+    captions = states[:, :, cfg.image_tokens:]
+    assert jnp.all(captions == captions[0]), "the caption is given while the picture is drawn"
+    assert jnp.array_equal((captions[-1] != cfg.pad_id).sum(-1), lengths)  # each caption has its drawn length
+    assert jnp.all(jnp.where(captions[-1] != cfg.pad_id, captions[-1] > cfg.mask_id, True))  # real words only
+    assert jnp.all(states[-1, :, :cfg.image_tokens] < cfg.image_codes)
     ids = np.asarray(sample.write_text(tiny_model, jnp.tile(jnp.asarray(image), (3, 1)), sample.length_prior(TOKENIZER),
                                        dcfg, key=jax.random.key(8)))
     for row in ids:  # image->text: some real text tokens, then PAD only
@@ -181,8 +187,8 @@ def test_cli_draws_captions_and_inpaints(ckpt, tmp_path, capsys):
     Image.new("L", (40, 20), 200).save(tmp_path / "wide_grey.png")  # wrong size and mode: cropped, resized
     message, printed = cli(capsys, "--image", str(tmp_path / "wide_grey.png"), *common)
     assert message is None and len(printed.strip().splitlines()) == 2
-    message, printed = cli(capsys, "--unconditional-text", *common)
-    assert message is None and len(printed.strip().splitlines()) == 3  # "wrote ..." and two captions
+    message, printed = cli(capsys, *common)  # unconditional pictures
+    assert message is None and len(printed.strip().splitlines()) == 3  # "wrote ..." and their two captions
     message, printed = cli(capsys, "--image", str(ckpt / "shape.png"), "--keep", "0,0,32,64",
                            "--prompt", "a red circle", *common)
     assert message is None and f"wrote {out}" in printed
@@ -208,7 +214,6 @@ def test_cli_odd_prompts_still_give_pictures(ckpt, tmp_path, capsys, prompt):
     (("--image", "missing.png"), "cannot read image"),
     (("--image", "shape.png", "--keep", "1,2"), "--keep"),
     (("--keep", "0,0,8,8"), "--keep needs --image"),
-    (("--unconditional-text", "--prompt", "a circle"), "takes no --prompt"),
     (("--image", "shape.png", "--prompt", "a circle"), "add --keep"),
     (("--prompt", "a circle", "--ckpt", "nowhere"), "python train.py"),
     (("--prompt", "a circle", "--ckpt", "broken"), "python train.py"),
