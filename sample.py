@@ -183,8 +183,7 @@ def unconditional(model, lengths, cfg, *, key):
     Ancestral sampling of p(x, y) = p(y) p(x | y): a joint decode of an all-[MASK] sequence draws the
     caption y (and a first picture, dropped), then the picture is drawn again from y alone, as text->image
     draws it. Drawing the picture directly with no caption (text slots PAD, as image-only training data)
-    gave fewer valid shapes pictures with the shipped model (90-93% against 97%): a caption commits the
-    decode to one shape before any pixel is placed."""
+    gave fewer valid shapes pictures with the shipped model (90-93% against 97%)."""
     mcfg = model.cfg
     text = jnp.where(jnp.arange(mcfg.text_tokens) < lengths[:, None], mcfg.mask_id, mcfg.pad_id)  # (n, Nt)
     seqs = jnp.concatenate([jnp.full((len(lengths), mcfg.image_tokens), mcfg.mask_id), text], axis=-1)  # (n, L)
