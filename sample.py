@@ -192,7 +192,7 @@ def unconditional(model, lengths, cfg, *, key):
     return generate(model, captioned.at[:, :mcfg.image_tokens].set(mcfg.mask_id), cfg, key=picture_key)
 
 
-def caption_lengths(tokenizer, n, *, key):
+def draw_caption_lengths(tokenizer, n, *, key):
     """n caption lengths drawn from the training captions' lengths: int32 (n,) in 1..Nt."""
     return jax.random.categorical(key, length_prior(tokenizer), shape=(n,)) + 1
 
@@ -308,7 +308,7 @@ def evaluate(model, tokenizer, tokenizer_model, cfg, *, key, batch=256):
 
     length_key, uncond_key = jax.random.split(uncond_key)
     finals, read = draw(lambda lengths, k: unconditional(model, lengths, cfg, key=k),
-                        caption_lengths(tokenizer, 500, key=length_key), uncond_key)
+                        draw_caption_lengths(tokenizer, 500, key=length_key), uncond_key)
     valid = [r for r in read if r is not None]
     said = [data.parse_caption(tokenizer.decode(t)) for t in tokenizer_ids(mcfg, finals[:, mcfg.image_tokens:])]
     print(f"unconditional: {len(valid) / 5:.1f}% of 500 pictures valid, {len(set(valid))} of the 180 "
@@ -378,13 +378,14 @@ def run(args):
     if args.image:
         codes = vqgan.encode_images(tokenizer_model, data.load_image(args.image, size)[None])[0]
     length_key, key = jax.random.split(key)
+    unconditional_pairs = codes is None and prompt is None  # pictures drawn with captions of their own
     if codes is not None and args.keep is None:  # image -> text
         image = jnp.tile(jnp.asarray(codes, jnp.int32), (args.n, 1))
         for ids in write_text(model, image, length_prior(tokenizer), cfg, key=key):
             print(tokenizer.decode(ids))
         return
-    if codes is None and prompt is None:  # unconditional pictures and their captions
-        states = unconditional(model, caption_lengths(tokenizer, args.n, key=length_key), cfg, key=key)
+    if unconditional_pairs:
+        states = unconditional(model, draw_caption_lengths(tokenizer, args.n, key=length_key), cfg, key=key)
     else:  # text -> image, inpainting
         keep = None if args.keep is None else keep_mask(args.keep, args.image, mcfg, size)
         states = generate(model, inputs(mcfg, args.n, codes, prompt, keep), cfg, args.guidance, key=key)
@@ -392,7 +393,7 @@ def run(args):
     if args.show_steps:
         steps_path = Path(args.out).with_name(Path(args.out).stem + "_steps.png")
         save_grid(pictures(tokenizer_model, jnp.swapaxes(states, 0, 1), mcfg), steps_path)
-    if codes is None and prompt is None:
+    if unconditional_pairs:
         for ids in tokenizer_ids(mcfg, states[-1, :, mcfg.image_tokens:]):
             print(tokenizer.decode(ids))
 

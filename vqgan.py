@@ -73,6 +73,10 @@ def norm(cfg, channels):
     return eqx.nn.GroupNorm(cfg.norm_groups, channels, eps=1e-6)  # Flax GroupNorm's epsilon
 
 
+def final_norm(cfg, channels):  # the norm before the encoder's and the decoder's last conv, if cfg keeps it
+    return norm(cfg, channels) if cfg.final_norm else eqx.nn.Identity()
+
+
 def downsample(x):  # (C, H, W) -> (C, H/2, W/2); MaskGIT's TF-style 2x2 average pool, H and W even
     c, h, w = x.shape
     return x.reshape(c, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
@@ -112,7 +116,7 @@ class Encoder(eqx.Module):
     conv_in: eqx.nn.Conv2d
     levels: tuple[tuple[ResBlock, ...], ...]  # full resolution first; downsample after all but the last
     middle: tuple[ResBlock, ...]
-    norm_out: eqx.nn.GroupNorm | None  # None without cfg.final_norm
+    norm_out: eqx.nn.GroupNorm | eqx.nn.Identity  # Identity without cfg.final_norm
     conv_out: eqx.nn.Conv2d
 
     def __init__(self, cfg, *, key):
@@ -122,7 +126,7 @@ class Encoder(eqx.Module):
         self.levels = tuple(res_blocks(cfg, cin, cout, key=k)
                             for cin, cout, k in zip([cfg.filters] + widths, widths, keys[3:]))
         self.middle = res_blocks(cfg, widths[-1], widths[-1], key=keys[1])
-        self.norm_out = norm(cfg, widths[-1]) if cfg.final_norm else None
+        self.norm_out = final_norm(cfg, widths[-1])
         self.conv_out = conv(widths[-1], cfg.embedding_dim, 1, key=keys[2])
 
     def __call__(self, image):  # (3, H, W) in [0, 1] -> (D, h, w)
@@ -134,7 +138,7 @@ class Encoder(eqx.Module):
                 x = downsample(x)
         for block in self.middle:
             x = block(x)
-        return self.conv_out(jax.nn.swish(x if self.norm_out is None else self.norm_out(x)))
+        return self.conv_out(jax.nn.swish(self.norm_out(x)))
 
 
 class Decoder(eqx.Module):
@@ -142,7 +146,7 @@ class Decoder(eqx.Module):
     middle: tuple[ResBlock, ...]
     levels: tuple[tuple[ResBlock, ...], ...]  # deepest first; upsample + conv after all but the last
     upsample_convs: tuple[eqx.nn.Conv2d, ...]
-    norm_out: eqx.nn.GroupNorm | None  # None without cfg.final_norm
+    norm_out: eqx.nn.GroupNorm | eqx.nn.Identity  # Identity without cfg.final_norm
     conv_out: eqx.nn.Conv2d
 
     def __init__(self, cfg, *, key):
@@ -153,7 +157,7 @@ class Decoder(eqx.Module):
         self.levels = tuple(res_blocks(cfg, cin, cout, key=k)
                             for cin, cout, k in zip([widths[0]] + widths, widths, keys[2::2]))
         self.upsample_convs = tuple(conv(w, w, 3, key=k) for w, k in zip(widths[:-1], keys[3::2]))
-        self.norm_out = norm(cfg, widths[-1]) if cfg.final_norm else None
+        self.norm_out = final_norm(cfg, widths[-1])
         self.conv_out = conv(widths[-1], 3, 3, key=keys[-1])
 
     def __call__(self, z):  # (D, h, w) -> (3, H, W), roughly in [0, 1]
@@ -165,7 +169,7 @@ class Decoder(eqx.Module):
                 x = block(x)
             if i < len(self.levels) - 1:
                 x = self.upsample_convs[i](upsample(x))
-        return self.conv_out(jax.nn.swish(x if self.norm_out is None else self.norm_out(x)))
+        return self.conv_out(jax.nn.swish(self.norm_out(x)))
 
 
 class Quantizer(eqx.Module):
@@ -378,17 +382,17 @@ def maskgit_names(model):
             if b.shortcut is not None:
                 conv_(f"{prefix}/ResBlock_{i}/Conv_2", b.shortcut)
 
-    enc, dec = model.encoder, model.decoder
+    enc, dec, cfg = model.encoder, model.decoder, model.cfg
     conv_("encoder/Conv_0", enc.conv_in)
     blocks("encoder", [b for level in enc.levels for b in level] + list(enc.middle))
-    if enc.norm_out is not None:
+    if cfg.final_norm:
         norm_("encoder/GroupNorm_0", enc.norm_out)
     conv_("encoder/Conv_1", enc.conv_out)
     conv_("decoder/Conv_0", dec.conv_in)
     blocks("decoder", list(dec.middle) + [b for level in dec.levels for b in level])
     for i, c in enumerate(dec.upsample_convs):
         conv_(f"decoder/Conv_{i + 1}", c)
-    if dec.norm_out is not None:
+    if cfg.final_norm:
         norm_("decoder/GroupNorm_0", dec.norm_out)
     conv_(f"decoder/Conv_{len(dec.upsample_convs) + 1}", dec.conv_out)
     return names
