@@ -447,6 +447,10 @@ class VQGANTrainConfig:
     lr: float = 4e-3  # Adam's peak learning rate (linear warmup, then cosine decay to 0 at the end of the run)
     warmup: int = 20  # steps of learning-rate warmup
     commitment: float = 0.25  # beta: how strongly the encoder is pulled towards its codes
+    # weight of the squared error of neighbouring-pixel differences, which puts a shape's outline (a small
+    # square's corners, a triangle's tip) far above the flat background; 2.0 overshoots at edges and shifts colours
+    edge_weight: float = 1.0
+    adam_betas: tuple[float, float] = (0.5, 0.9)  # taming-transformers' VQGAN; (0.9, 0.999) collapsed in a long run
     restart_every: int = 50  # every this many steps, codes unused since the last check move onto latents
     train_pictures: int = 20_000  # size of the training pool (rendered once)
     max_minutes: float | None = 4.5  # wall-clock budget: the run (and its cosine) ends at this or at steps,
@@ -454,19 +458,25 @@ class VQGANTrainConfig:
     seed: int = 0  # seed of the weights and the training pictures
 
 
-def vq_loss(model, images, commitment):
+def pixel_differences(x):  # (B, C, H, W) -> (B, C, H, W-1) across, (B, C, H-1, W) down
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+def vq_loss(model, images, commitment, edge_weight):
     """images float (B, 3, H, W) in [0, 1] -> (loss, (reconstruction MSE, ids (B, h, w), latents (B, h, w, D)))."""
     recon, z, q, ids = jax.vmap(model)(images)
     reconstruction = jnp.mean((recon - images) ** 2)
+    edges = sum(jnp.mean((r - x) ** 2) for r, x in zip(pixel_differences(recon), pixel_differences(images)))
     codebook = jnp.mean((q - jax.lax.stop_gradient(z)) ** 2)  # moves codes towards the encoder's outputs
     commit = jnp.mean((jax.lax.stop_gradient(q) - z) ** 2)  # keeps the encoder near its codes
-    return reconstruction + codebook + commitment * commit, (reconstruction, ids, jnp.moveaxis(z, 1, -1))
+    loss = reconstruction + edge_weight * edges + codebook + commitment * commit
+    return loss, (reconstruction, ids, jnp.moveaxis(z, 1, -1))
 
 
 @eqx.filter_jit(donate="all-except-first")
-def train_step(optimiser, model, opt_state, images, lr, commitment):
+def train_step(optimiser, model, opt_state, images, lr, commitment, edge_weight):
     x = jnp.moveaxis(images.astype(jnp.float32) / 255, -1, 1)  # uint8 (B, H, W, 3) -> (B, 3, H, W)
-    (loss, aux), grads = eqx.filter_value_and_grad(vq_loss, has_aux=True)(model, x, commitment)
+    (loss, aux), grads = eqx.filter_value_and_grad(vq_loss, has_aux=True)(model, x, commitment, edge_weight)
     updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
     return eqx.apply_updates(model, jax.tree.map(lambda u: -lr * u, updates)), opt_state, loss, aux
 
@@ -499,7 +509,7 @@ def train_vqgan(out_path, cfg=VQGANConfig(), train=VQGANTrainConfig(), images=No
     if images is None:
         images = data.shapes(train.train_pictures, seed=train.seed, cfg=data.ShapesConfig(cfg.image_size))[0]
     model = init_vqgan(cfg, seed=train.seed)
-    optimiser = optax.scale_by_adam()  # Adam's step direction; train_step scales it by the learning rate
+    optimiser = optax.scale_by_adam(*train.adam_betas)  # Adam's step direction; train_step scales it by the learning rate
     opt_state = optimiser.init(eqx.filter(model, eqx.is_inexact_array))
     budget = math.inf if train.max_minutes is None else 60 * train.max_minutes  # seconds
     rng = np.random.default_rng(train.seed)
@@ -514,7 +524,7 @@ def train_vqgan(out_path, cfg=VQGANConfig(), train=VQGANTrainConfig(), images=No
         lr = train.lr * min(1, (step + 1) / train.warmup) * (1 + math.cos(math.pi * done)) / 2
         batch = images[rng.integers(len(images), size=train.batch_size)]
         model, opt_state, loss, (mse, ids, latents) = train_step(optimiser, model, opt_state, batch,
-                                                                 jnp.float32(lr), train.commitment)
+                                                                 jnp.float32(lr), train.commitment, train.edge_weight)
         used[np.asarray(ids).ravel()] = True
         if step % 20 == 0:
             bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{-10 * math.log10(float(mse)):.1f}",
