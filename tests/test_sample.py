@@ -108,6 +108,9 @@ def test_every_mode_keeps_its_known_tokens(tiny_model):
     assert jnp.array_equal((captions[-1] != cfg.pad_id).sum(-1), lengths)  # each caption has its drawn length
     assert jnp.all(jnp.where(captions[-1] != cfg.pad_id, captions[-1] > cfg.mask_id, True))  # real words only
     assert jnp.all(states[-1, :, :cfg.image_tokens] < cfg.image_codes)
+    guided = sample.unconditional(tiny_model, lengths, dcfg, 3.0, key=jax.random.key(9))[-1]
+    assert jnp.array_equal(guided[:, cfg.image_tokens:], captions[-1])  # guidance leaves the captions alone,
+    assert not jnp.array_equal(guided, states[-1])  # and steers the pictures drawn from them
     ids = np.asarray(sample.write_text(tiny_model, jnp.tile(jnp.asarray(image), (3, 1)), sample.length_prior(TOKENIZER),
                                        dcfg, key=jax.random.key(8)))
     for row in ids:  # image->text: some real text tokens, then PAD only
