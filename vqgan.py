@@ -443,7 +443,7 @@ def load_maskgit(path, cfg=MASKGIT_IMAGENET):
 @dataclass(frozen=True)
 class VQGANTrainConfig:
     steps: int = 20_000  # optimiser steps, or fewer: the default budget of max_minutes ends the run first
-    batch_size: int = 8  # pictures per step: on a CPU, many small steps beat few large ones
+    batch_size: int = 4  # pictures per step: on a CPU, many small steps beat few large ones
     lr: float = 4e-3  # Adam's peak learning rate (linear warmup, then cosine decay to 0 at the end of the run)
     warmup: int = 20  # steps of learning-rate warmup
     commitment: float = 0.25  # beta: how strongly the encoder is pulled towards its codes
