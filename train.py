@@ -266,11 +266,11 @@ def train(args):
                                  compute_dtype=args.compute_dtype, paired_text_weight=args.paired_text_weight,
                                  unpaired_text_weight=args.unpaired_text_weight,
                                  mask_modalities_apart=args.mask_modalities_apart)
-    caption_ids = np.stack([tokenizer.encode(captions[i]) for i in rows])
+    all_caption_ids = np.stack([tokenizer.encode(c) for c in captions])  # every host holds every caption
+    caption_ids = all_caption_ids[rows]
     if not args.resume:  # the caption-length prior of sample.write_text (the model never predicts PAD),
-        #                    counted over every caption, which every host holds, so all hosts agree
-        lengths = [int((tokenizer.encode(c) != data.PAD).sum()) for c in captions]
-        counts = np.bincount(lengths, minlength=args.text_tokens + 1)[1:]
+        #                    counted over every caption, so all hosts agree
+        counts = np.bincount((all_caption_ids != data.PAD).sum(1), minlength=args.text_tokens + 1)[1:]
         tokenizer = dataclasses.replace(tokenizer, caption_lengths=tuple(counts.tolist()))
     # Unpaired text: the corpus if given, else the captions on their own (this host's slice of either).
     unpaired = text[process::processes] if text else [captions[i] for i in rows]
