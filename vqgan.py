@@ -463,21 +463,22 @@ def pixel_differences(x):  # (B, C, H, W) -> (B, C, H, W-1) across, (B, C, H-1, 
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
 
 
-def vq_loss(model, images, commitment, edge_weight):
-    """images float (B, 3, H, W) in [0, 1] -> (loss, (reconstruction MSE, ids (B, h, w), latents (B, h, w, D)))."""
+def vq_loss(model, images, train):
+    """images float (B, 3, H, W) in [0, 1], train: VQGANTrainConfig -> (loss, (reconstruction MSE, ids (B, h, w),
+    latents (B, h, w, D)))."""
     recon, z, q, ids = jax.vmap(model)(images)
     reconstruction = jnp.mean((recon - images) ** 2)
     edges = sum(jnp.mean((r - x) ** 2) for r, x in zip(pixel_differences(recon), pixel_differences(images)))
     codebook = jnp.mean((q - jax.lax.stop_gradient(z)) ** 2)  # moves codes towards the encoder's outputs
     commit = jnp.mean((jax.lax.stop_gradient(q) - z) ** 2)  # keeps the encoder near its codes
-    loss = reconstruction + edge_weight * edges + codebook + commitment * commit
+    loss = reconstruction + train.edge_weight * edges + codebook + train.commitment * commit
     return loss, (reconstruction, ids, jnp.moveaxis(z, 1, -1))
 
 
 @eqx.filter_jit(donate="all-except-first")
-def train_step(optimiser, model, opt_state, images, lr, commitment, edge_weight):
+def train_step(optimiser, model, opt_state, images, lr, train):
     x = jnp.moveaxis(images.astype(jnp.float32) / 255, -1, 1)  # uint8 (B, H, W, 3) -> (B, 3, H, W)
-    (loss, aux), grads = eqx.filter_value_and_grad(vq_loss, has_aux=True)(model, x, commitment, edge_weight)
+    (loss, aux), grads = eqx.filter_value_and_grad(vq_loss, has_aux=True)(model, x, train)
     updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
     return eqx.apply_updates(model, jax.tree.map(lambda u: -lr * u, updates)), opt_state, loss, aux
 
@@ -525,7 +526,7 @@ def train_vqgan(out_path, cfg=VQGANConfig(), train=VQGANTrainConfig(), images=No
         lr = train.lr * min(1, (step + 1) / train.warmup) * (1 + math.cos(math.pi * done)) / 2
         batch = images[rng.integers(len(images), size=train.batch_size)]
         model, opt_state, loss, (mse, ids, latents) = train_step(optimiser, model, opt_state, batch,
-                                                                 jnp.float32(lr), train.commitment, train.edge_weight)
+                                                                 jnp.float32(lr), train)
         used[np.asarray(ids).ravel()] = True
         if step % 20 == 0:
             bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{-10 * math.log10(float(mse)):.1f}",

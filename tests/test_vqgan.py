@@ -291,7 +291,7 @@ def test_edge_term_counts_a_moved_outline_but_not_a_uniform_brightening():
 
     def loss(reconstruct, edge_weight):  # a stand-in model: reconstruct, with latent == code
         model = lambda image: (reconstruct(image), image[:2, :2, :2], image[:2, :2, :2], np.zeros((2, 2), np.int32))
-        return float(vqgan.vq_loss(model, images, 0.25, edge_weight)[0])
+        return float(vqgan.vq_loss(model, images, vqgan.VQGANTrainConfig(edge_weight=edge_weight))[0])
 
     brighter = lambda image: image + 0.1  # every pixel off, no outline moved
     moved = lambda image: jax.numpy.roll(image, 1, axis=-1)  # the square one pixel to the right
