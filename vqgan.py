@@ -549,11 +549,14 @@ def main():
                              "whichever comes first; 0 for no budget")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and training pictures")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate the tokenizer at --out")
+    parser.add_argument("--held-out", type=int, default=500, help="held-out pictures to evaluate on (the target: 500)")
     parser.add_argument("--maskgit-count", action="store_true",
                         help="print the 256x256 config's parameter count and the arrays the MaskGIT loader expects")
     parser.add_argument("--from-maskgit", metavar="PATH",
                         help="convert MaskGIT's tokenizer_imagenet256_checkpoint at PATH into an .eqx at --out")
     args = parser.parse_args()
+    if args.held_out < 1:
+        sys.exit("error: --held-out must be at least 1")
     try:
         if args.maskgit_count:
             model = eqx.filter_eval_shape(VQGAN, MASKGIT_IMAGENET, key=jax.random.key(0))
@@ -571,10 +574,11 @@ def main():
             start = time.perf_counter()
             model = train_vqgan(args.out, train=VQGANTrainConfig(steps=args.steps, max_minutes=args.minutes or None, seed=args.seed))
             print(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
-        images, _, labels = data.shapes(500, seed=HELD_OUT_SEED, cfg=data.ShapesConfig(model.cfg.image_size))
+        n = args.held_out
+        images, _, labels = data.shapes(n, seed=HELD_OUT_SEED, cfg=data.ShapesConfig(model.cfg.image_size))
         psnr, usage, kept, distinct = evaluate(model, images, labels)
-        print(f"500 held-out pictures: PSNR {psnr:.2f} dB, {usage:.0%} of {model.cfg.codebook_size} codes used, "
-              f"{kept:.1%} of reconstructions keep shape, colour, size and position, "
+        print(f"{n} held-out pictures: PSNR {psnr:.2f} dB, {usage:.0%} of {model.cfg.codebook_size} codes used, "
+              f"{kept:.2%} ({round(kept * n)}) of reconstructions keep shape, colour, size and position, "
               f"{distinct:.1f} distinct tokens per picture")
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
