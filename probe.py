@@ -23,7 +23,7 @@ import optax
 import data
 import sample
 from upgen import UPGen, make_sequence
-from vqgan import encode_images
+from vqgan import encode_images, in_batches
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def pooled_layers(model: UPGen, image_ids):
 
 def model_features(model: UPGen, image_ids, layer, batch_size):
     """-> float32 (n, depth * D), all layers concatenated, or (n, D) of one layer (negative counts back)."""
-    pooled = sample.in_batches(lambda ids, _: pooled_layers(model, ids), image_ids, batch_size,
+    pooled = in_batches(lambda ids, _: pooled_layers(model, ids), image_ids, batch_size,
                                key=jax.random.key(0))  # (n, depth, D)
     return pooled.reshape(len(pooled), -1) if layer is None else pooled[:, layer]
 

@@ -268,19 +268,6 @@ def save_grid(images, path):
 # The shapes eval and the benchmark
 
 
-def in_batches(f, x, size, *, key):
-    """f(chunk, key) over x (n, ...) in chunks of `size` rows, the last one padded to the same size so
-    that f compiles once; each chunk gets its own key -> numpy (n, ...)."""
-    x, size = np.asarray(x), min(size, len(x))
-    keys = jax.random.split(key, -(-len(x) // size))
-    out = []
-    for start, chunk_key in zip(range(0, len(x), size), keys):
-        chunk = x[start:start + size]
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
-        out.append(np.asarray(f(jnp.asarray(padded), chunk_key))[:len(chunk)])
-    return np.concatenate(out)
-
-
 def evaluate(model, tokenizer, tokenizer_model, cfg, *, key, batch=256):
     """Prints text->image, image->text and unconditional accuracy on the shapes world."""
     mcfg, start = model.cfg, time.perf_counter()
@@ -289,7 +276,7 @@ def evaluate(model, tokenizer, tokenizer_model, cfg, *, key, batch=256):
     all_labels = list(itertools.product(*(range(k) for k in ranges)))  # the 180 descriptions
 
     def draw(f, x, key):  # f(chunk of x, key) -> states; -> (final states, what data.read_picture sees in each)
-        finals = in_batches(lambda chunk, k: f(chunk, k)[-1], x, batch, key=key)
+        finals = vqgan.in_batches(lambda chunk, k: f(chunk, k)[-1], x, batch, key=key)
         return finals, [data.read_picture(p) for p in pictures(tokenizer_model, finals, mcfg)]
 
     prompts = np.concatenate([inputs(mcfg, 1, text=tokenizer.encode(data.canonical_caption(lab))) for lab in all_labels])
@@ -301,7 +288,7 @@ def evaluate(model, tokenizer, tokenizer_model, cfg, *, key, batch=256):
     codes = vqgan.encode_images(tokenizer_model, images)
     # write_text decodes a caption of every length per picture: 100 pictures, in small batches
     prior = length_prior(tokenizer)
-    texts = in_batches(lambda c, k: write_text(model, c, prior, cfg, key=k), codes, batch // 8, key=i2t_key)
+    texts = vqgan.in_batches(lambda c, k: write_text(model, c, prior, cfg, key=k), codes, batch // 8, key=i2t_key)
     captions = [tokenizer.decode(t) for t in texts]
     right = np.mean([data.parse_caption(c) == tuple(lab) for c, lab in zip(captions, labels)])
     print(f"image->text: {right:.1%} of captions of 100 fresh pictures name all four attributes "

@@ -251,11 +251,22 @@ def _decode(model, ids):  # int32 (B, h*w) -> uint8 (B, H, W, 3)
     return jnp.round(jnp.clip(jnp.moveaxis(x, 1, -1), 0, 1) * 255).astype(jnp.uint8)
 
 
-def encode_images(model, images, batch=256):
-    """uint8 (B, H, W, 3) pictures -> int32 (B, h*w) token ids in raster order.
+def in_batches(f, x, size, *, key):
+    """f(chunk, key) over x (n, ...) in chunks of `size` rows, the last one padded to the same size so
+    that f compiles once and memory stays bounded; each chunk gets its own key -> numpy (n, ...)."""
+    x, size = np.asarray(x), min(size, len(x))
+    keys = jax.random.split(key, -(-len(x) // size))
+    out = []
+    starts = tqdm(range(0, len(x), size), desc="in batches", leave=False, disable=len(keys) == 1)
+    for start, chunk_key in zip(starts, keys):
+        chunk = x[start:start + size]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+        out.append(np.asarray(f(jnp.asarray(padded), chunk_key))[:len(chunk)])
+    return np.concatenate(out)
 
-    Any B: the pictures go through in chunks padded to one size, so memory stays bounded and the
-    encoder compiles once."""
+
+def encode_images(model, images, batch=256):
+    """uint8 (B, H, W, 3) pictures -> int32 (B, h*w) token ids in raster order, any B."""
     images = np.asarray(images)
     size = model.cfg.image_size
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
@@ -263,12 +274,7 @@ def encode_images(model, images, batch=256):
                          f"got {images.dtype} {images.shape}; resize them first (e.g. data.load_image)")
     if len(images) == 0:
         return np.zeros((0, model.cfg.tokens_per_side ** 2), np.int32)
-    batch, codes = min(batch, len(images)), []
-    for i in tqdm(range(0, len(images), batch), desc="tokenising images", leave=False, disable=len(images) <= batch):
-        chunk = images[i:i + batch]
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
-        codes.append(np.asarray(_encode(model, padded))[:len(chunk)])
-    return np.concatenate(codes)
+    return in_batches(lambda chunk, _: _encode(model, chunk), images, batch, key=jax.random.key(0))
 
 
 def decode_tokens(model, ids):
