@@ -50,7 +50,7 @@ def pooled_layers(model: UPGen, image_ids):
 def model_features(model: UPGen, image_ids, layer, batch_size):
     """-> float32 (n, depth * D), all layers concatenated, or (n, D) of one layer (negative counts back)."""
     pooled = in_batches(lambda ids, _: pooled_layers(model, ids), image_ids, batch_size,
-                               key=jax.random.key(0))  # (n, depth, D)
+                        key=jax.random.key(0))  # (n, depth, D)
     return pooled.reshape(len(pooled), -1) if layer is None else pooled[:, layer]
 
 
