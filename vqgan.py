@@ -504,7 +504,7 @@ def evaluate(model, images, labels, batch=100):
     data.read_picture reads as the same 4 attributes, mean number of distinct tokens in a picture).
     The last is how hard the tokens are for UPGen: a plain background should take few distinct codes."""
     ids = encode_images(model, images, batch)
-    recon = np.concatenate([decode_tokens(model, ids[i:i + batch]) for i in range(0, len(ids), batch)])
+    recon = in_batches(lambda chunk, _: _decode(model, chunk), ids, batch, key=jax.random.key(0))
     mse = np.mean((recon.astype(np.float64) - images) ** 2)
     kept = np.mean([data.read_picture(r) == tuple(l) for r, l in zip(recon, labels.tolist())])
     distinct = np.mean([len(np.unique(row)) for row in ids])
