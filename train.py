@@ -12,6 +12,7 @@ One jitted step holds loss, gradient, clipping and AdamW. Every device gets a sl
 import argparse
 import dataclasses
 import hashlib
+import math
 import os
 import shutil
 import sys
@@ -34,6 +35,9 @@ import upgen
 import vqgan
 
 KINDS = (upgen.PAIRED, upgen.IMAGE_ONLY, upgen.TEXT_ONLY)
+DEFAULT_MINUTES = 10.0  # the whole run's wall-clock budget when no step count is given
+SIZING_STEPS = 20  # a budgeted run times its steps up to this one, then sets how many fit
+FINISH_SECONDS = 30  # what a budgeted run keeps for after training: upgen.eqx and samples.png
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class TrainConfig:
     shapes: int = 5000                # shapes-world examples when images == "" (encoding ~1 s per 100 on 2 cores)
     text: str = ""                    # unpaired text (.txt file or folder, one document per line); "" = none
     mix: tuple = (0.7, 0.15, 0.15)    # batch shares of paired, image-only and text-only examples
-    steps: int = 800                  # optimiser steps in the whole run
+    steps: int = 0                    # optimiser steps in the whole run; 0 = as many as fit in the time budget
     batch: int = 32                   # global batch (all devices, all hosts)
     lr: float = 1e-3                  # peak learning rate, reached after warmup, cosine-decayed to lr/10
     warmup: int = 50                  # linear warmup steps
@@ -158,24 +162,32 @@ def host_copy(tree):
 
 
 def make_optimizer(tcfg: TrainConfig):
-    """Global-norm clipping, then AdamW with linear warmup and cosine decay to lr/10."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, tcfg.lr, tcfg.warmup, max(tcfg.steps, tcfg.warmup + 1),
-                                                  end_value=tcfg.lr / 10)
+    """Global-norm clipping, then AdamW's update before its learning rate: train_step multiplies by the
+    rate, so the schedule is a plain function of the step whose length may be set after the run starts."""
     matrices = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # no decay on biases and norms
-    return optax.chain(optax.clip_by_global_norm(tcfg.clip),
-                       optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=tcfg.weight_decay, mask=matrices))
+    return optax.chain(optax.clip_by_global_norm(tcfg.clip), optax.scale_by_adam(b1=0.9, b2=0.95),
+                       optax.add_decayed_weights(tcfg.weight_decay, mask=matrices))
+
+
+def learning_rate(step: int, tcfg: TrainConfig) -> float:
+    """Linear warmup to tcfg.lr, then cosine decay to lr/10 at step tcfg.steps (0 = not known yet: the peak)."""
+    if step < tcfg.warmup:
+        return tcfg.lr * (step + 1) / tcfg.warmup
+    progress = min(1.0, (step - tcfg.warmup) / max(1, tcfg.steps - tcfg.warmup)) if tcfg.steps else 0.0
+    return tcfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
 @eqx.filter_jit(donate="all")
-def train_step(model, opt_state, tokens, kinds, key, optimizer, mesh):
-    """One step: tokens (B, L) and kinds (B,) sharded on 'data' -> updated model and state, loss, metrics."""
+def train_step(model, opt_state, tokens, kinds, lr, key, optimizer, mesh):
+    """One step: tokens (B, L) and kinds (B,) sharded on 'data', lr a float32 scalar -> updated model and
+    state, loss, metrics."""
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     model, opt_state = eqx.filter_shard((model, opt_state), replicated)
     tokens, kinds = eqx.filter_shard((tokens, kinds), sharded)
     grad_fn = eqx.filter_value_and_grad(upgen.loss_fn, has_aux=True)
     (loss, metrics), grads = grad_fn(model, tokens, kinds, key=key)  # XLA inserts the gradient all-reduce
     updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
-    model = eqx.apply_updates(model, updates)
+    model = eqx.apply_updates(model, jax.tree.map(lambda u: -lr * u, updates))
     model, opt_state = eqx.filter_shard((model, opt_state), replicated)
     return model, opt_state, loss, metrics
 
@@ -228,6 +240,21 @@ def write_samples(model, vq, tokenizer, prompts, path: Path, *, key):
     sample.save_grid(sample.pictures(vq, states[-1], model.cfg)[None], path)
 
 
+def check_config(tcfg: TrainConfig, args):
+    """One-line errors for settings that cannot train."""
+    problems = [f"--{name} {value:g} must be {rule}" for name, value, ok, rule in [
+        ("batch", tcfg.batch, tcfg.batch >= 1, "at least 1"), ("steps", tcfg.steps, tcfg.steps >= 0, "positive"),
+        ("lr", tcfg.lr, tcfg.lr > 0, "positive"), ("warmup", tcfg.warmup, tcfg.warmup >= 1, "at least 1"),
+        ("minutes", args.minutes or 0, (args.minutes or 0) >= 0, "positive, or 0 for no budget"),
+        ("clip", tcfg.clip, tcfg.clip > 0, "positive")] if not ok]
+    if min(tcfg.mix) < 0 or sum(tcfg.mix) <= 0:
+        problems.append(f"--mix {' '.join(map(str, tcfg.mix))}: give three shares >= 0, not all 0")
+    if tcfg.batch % jax.device_count():
+        problems.append(f"--batch {tcfg.batch} must be a multiple of the {jax.device_count()} devices")
+    if problems:
+        raise ValueError(problems[0])
+
+
 def train(args):
     started = time.perf_counter()
     out = Path(args.out)
@@ -250,22 +277,28 @@ def train(args):
         log(f"resuming {state_files(out)[-1]} at step {start}")
     else:
         tcfg = TrainConfig(images=args.images, shapes=args.shapes, text=args.text, mix=tuple(args.mix),
-                           steps=args.steps or TrainConfig.steps, batch=args.batch, lr=args.lr,
+                           steps=args.steps or 0, batch=args.batch, lr=args.lr,
                            warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip, seed=args.seed)
-    if min(tcfg.mix) < 0 or sum(tcfg.mix) <= 0:
-        raise ValueError(f"--mix {' '.join(map(str, tcfg.mix))}: give three shares >= 0, not all 0")
-    if tcfg.batch % jax.device_count():
-        raise ValueError(f"--batch {tcfg.batch} must be a multiple of the {jax.device_count()} devices")
-    vq, vq_path = image_tokenizer(out, Path(args.vqgan), tcfg.images, args.minutes, log)
+    check_config(tcfg, args)
+    # A budget applies when asked for, or when no step count is: then the run measures its own step at
+    # step SIZING_STEPS and sets the step count (and the learning-rate schedule) to fill the budget.
+    minutes = args.minutes if args.minutes is not None else (0 if tcfg.steps else DEFAULT_MINUTES)
+    if not minutes and not tcfg.steps:
+        raise ValueError("--minutes 0 needs --steps N: give the run a length or a time budget")
+    log(f"time budget: {minutes} min for the whole run (data, training, samples); "
+        + ("the step count is set from the measured step time" if not tcfg.steps else
+           f"stops early at the budget, else after {tcfg.steps} steps") if minutes else
+        f"no time budget: {tcfg.steps} steps")
+    vq, vq_path = image_tokenizer(out, Path(args.vqgan), tcfg.images, minutes, log)
     captions, text, codes, rows = load_corpus(tcfg, vq, vq_path, out, log, process=process, processes=processes)
     if not args.resume:
         tokenizer = data.build_tokenizer(captions + text, length=args.text_tokens)
+        objective = upgen.PAPER_OBJECTIVE if args.paper_objective else dict(
+            paired_text_weight=args.paired_text_weight, unpaired_text_weight=args.unpaired_text_weight)
         mcfg = upgen.UPGenConfig(image_codes=vq.cfg.codebook_size, image_tokens=codes.shape[1],
                                  text_vocab=tokenizer.vocab_size, text_tokens=args.text_tokens,
                                  width=args.width, depth=args.depth, heads=args.heads, mlp=args.mlp,
-                                 compute_dtype=args.compute_dtype, paired_text_weight=args.paired_text_weight,
-                                 unpaired_text_weight=args.unpaired_text_weight,
-                                 mask_modalities_apart=args.mask_modalities_apart)
+                                 compute_dtype=args.compute_dtype, **objective)
     all_caption_ids = np.stack([tokenizer.encode(c) for c in captions])  # every host holds every caption
     caption_ids = all_caption_ids[rows]
     if not args.resume:  # the caption-length prior of sample.write_text (the model never predicts PAD),
@@ -285,17 +318,31 @@ def train(args):
     log(f"UPGen {upgen.count_params(model) / 1e6:.2f}M params; {mcfg}")
     log(f"{tcfg}; {len(jax.devices())} devices, {processes} host(s); pools {[len(p) for p in pools]}")
 
-    stop = min(tcfg.steps, start + args.stop_after) if args.stop_after else tcfg.steps
-    bar = tqdm(range(start, stop), initial=start, total=tcfg.steps, disable=process != 0, desc="train")
-    pending, clock = [], None
-    for step in bar:
+    stop_after = start + args.stop_after if args.stop_after else math.inf
+    bar = tqdm(initial=start, total=tcfg.steps or None, disable=process != 0, desc="train")
+    step, pending, clock = start, [], None
+    while step < min(tcfg.steps or math.inf, stop_after):
         tokens, kinds = global_batch(mesh, *local_batch(pools, step, counts, seed=tcfg.seed, process=process))
         model, opt_state, loss, metrics = train_step(model, opt_state, tokens, kinds,
+                                                     jnp.float32(learning_rate(step, tcfg)),
                                                      jax.random.fold_in(train_key, step), optimizer, mesh)
         pending.append((loss, metrics))
-        done, out_of_time = step + 1, False
-        if done % args.log_every == 0 or done == stop:
-            out_of_time = 0 < 60 * args.minutes < time.perf_counter() - started
+        step, out_of_time = step + 1, False
+        bar.update()
+        if not tcfg.steps and step - start in (SIZING_STEPS // 4, SIZING_STEPS):  # the budget sets the length
+            jax.block_until_ready(loss)
+            if step - start < SIZING_STEPS:
+                sizing_clock = time.perf_counter()  # the first steps hold the compilation
+            else:
+                step_time = (time.perf_counter() - sizing_clock) / (SIZING_STEPS - SIZING_STEPS // 4)
+                left = 60 * minutes - (time.perf_counter() - started) - FINISH_SECONDS
+                steps = np.array(step + max(0, int(left / step_time)))
+                steps = int(multihost_utils.broadcast_one_to_all(steps)) if processes > 1 else int(steps)
+                tcfg = dataclasses.replace(tcfg, steps=steps)
+                bar.total = steps
+                log(f"{step_time * 1e3:.0f} ms/step: {steps} steps fill the {minutes}-minute budget")
+        if step % args.log_every == 0 or step == tcfg.steps or step == stop_after:
+            out_of_time = 0 < 60 * minutes < time.perf_counter() - started
             if processes > 1:  # process 0's clock decides, so that every host stops at the same step
                 out_of_time = bool(multihost_utils.broadcast_one_to_all(np.array(out_of_time)))
             losses, accs = zip(*jax.device_get(pending))
@@ -303,13 +350,16 @@ def train(args):
             if clock is not None:  # the first interval holds the compilation, so it gives no speed
                 line["tok/s"] = len(pending) * tcfg.batch * mcfg.seq_len / (time.perf_counter() - clock)
             bar.set_postfix({k: f"{v:.3g}" for k, v in line.items()})
-            log(f"step {done} " + " ".join(f"{k} {v:.4g}" for k, v in line.items()))
+            log(f"step {step} lr {learning_rate(step - 1, tcfg):.2e} "
+                + " ".join(f"{k} {v:.4g}" for k, v in line.items()))
             pending, clock = [], time.perf_counter()
-        if (done % args.save_every == 0 or done == stop or out_of_time) and args.keep > 0 and process == 0:
-            save_state(out, done, model, opt_state, mcfg, tcfg, tokenizer, args.keep)
+        last = step == tcfg.steps or step == stop_after or out_of_time
+        if (step % args.save_every == 0 or last) and args.keep > 0 and process == 0:
+            save_state(out, step, model, opt_state, mcfg, tcfg, tokenizer, args.keep)
         if out_of_time:
-            log(f"stopping at step {done}: the {args.minutes}-minute budget is spent (--resume continues)")
+            log(f"stopping at step {step}: the {minutes}-minute budget is spent (--resume continues)")
             break
+    bar.close()
     model = host_copy(model)
     if process == 0:
         upgen.save_upgen(out / "upgen.eqx", model, tokenizer)
@@ -321,59 +371,6 @@ def train(args):
     return model
 
 
-# ---------------------------------------------------------------------------------------------------
-# Benchmark: tokens/s of the compiled step and model FLOPs utilisation
-
-
-def matmul_peak(dtype, n=2048, repeats=5):
-    """Measured FLOP/s of one large matmul on one device: a stand-in for the peak when none is given."""
-    a = jnp.ones((n, n), dtype)
-    mm = jax.jit(lambda a: a @ a)
-    mm(a).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        mm(a).block_until_ready()
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
-
-
-def flops_per_token(cfg: upgen.UPGenConfig, n_params: int):
-    """Training FLOPs per token: 6 per matmul parameter (forward + backward), plus attention's scores and
-    weighted sum, 2 x 2 x L x width per block forward, x3 with backward (the nanoGPT / PaLM count)."""
-    matmul_params = n_params - cfg.vocab_size * cfg.width  # the embedding is a lookup, not a matmul
-    return 6 * matmul_params + 12 * cfg.depth * cfg.seq_len * cfg.width
-
-
-def bench(args):
-    accelerator = jax.default_backend() != "cpu"
-    dtype = "bfloat16" if accelerator else "float32"
-    peak = args.peak_flops or matmul_peak(jnp.dtype(dtype))
-    print(f"{jax.device_count()} x {jax.devices()[0].device_kind}; peak {peak / 1e12:.3g} TFLOP/s per device "
-          f"{'given' if args.peak_flops else f'measured ({dtype} matmul)'}")
-    laptop = upgen.UPGenConfig(image_codes=512, text_vocab=320, compute_dtype=dtype)
-    larger = upgen.VIT_L if accelerator else dataclasses.replace(laptop, width=512, depth=8, heads=8, mlp=2048)
-    mesh = make_mesh()
-    for name, mcfg, batch in [("laptop", laptop, args.batch), ("ViT-L" if accelerator else "larger", larger,
-                                                                 max(args.batch // 4, jax.device_count()))]:
-        tcfg = TrainConfig(batch=batch)
-        optimizer = make_optimizer(tcfg)
-        model, opt_state = replicate(init_state(mcfg, tcfg, optimizer, key=jax.random.key(0)), mesh)
-        rng = np.random.default_rng(0)
-        tokens = rng.integers(mcfg.image_codes, size=(batch, mcfg.seq_len)).astype(np.int32)
-        tokens, kinds = global_batch(mesh, tokens, np.zeros(batch, np.int32))
-        times = []
-        for step in range(args.bench_steps + 2):  # the first two steps compile and warm up
-            start = time.perf_counter()
-            model, opt_state, loss, _ = train_step(model, opt_state, tokens, kinds, jax.random.key(step),
-                                                   optimizer, mesh)
-            loss.block_until_ready()
-            times.append(time.perf_counter() - start)
-        step_time = float(np.median(times[2:]))
-        tokens_per_s = batch * mcfg.seq_len / step_time
-        mfu = tokens_per_s * flops_per_token(mcfg, upgen.count_params(model)) / (peak * jax.device_count())
-        print(f"{name}: {upgen.count_params(model) / 1e6:.1f}M params, batch {batch} x {mcfg.seq_len} tokens, "
-              f"{mcfg.compute_dtype}: {step_time * 1e3:.1f} ms/step, {tokens_per_s:,.0f} tokens/s, MFU {mfu:.1%}")
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d, m = TrainConfig(), upgen.UPGenConfig(image_codes=0, text_vocab=0)
@@ -383,7 +380,7 @@ def main(argv=None):
     p.add_argument("--shapes", type=int, default=d.shapes, help="shapes-world examples when --images is not given")
     p.add_argument("--text", default=d.text, help="unpaired text: a .txt file or folder, one document per line")
     p.add_argument("--mix", type=float, nargs=3, default=d.mix, metavar=("PAIRED", "IMAGE", "TEXT"), help="batch shares of paired, image-only and text-only examples")
-    p.add_argument("--steps", type=int, default=None, help=f"total optimiser steps (default {d.steps}; with --resume, the saved run's)")
+    p.add_argument("--steps", type=int, default=None, help="total optimiser steps (default: as many as fit in --minutes; with --resume, the saved run's)")
     p.add_argument("--stop-after", type=int, default=0, help="stop after this many steps of this invocation (split a run into jobs; 0 = run to --steps)")
     p.add_argument("--batch", type=int, default=d.batch, help="global batch size (all devices, all hosts)")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
@@ -398,15 +395,15 @@ def main(argv=None):
     p.add_argument("--text-tokens", type=int, default=m.text_tokens, help="text tokens per example")
     p.add_argument("--paired-text-weight", type=float, default=m.paired_text_weight, help="loss weight of a masked caption token (image tokens weigh 1)")
     p.add_argument("--unpaired-text-weight", type=float, default=m.unpaired_text_weight, help="loss weight of a masked token of text-only data")
-    p.add_argument("--mask-modalities-apart", action="store_true", help="paired examples draw one mask ratio for the picture and another for the caption (the paper: one for both)")
+    p.add_argument("--paper-objective", action="store_true", help="the paper's exact objective: one mask ratio for picture and caption, text weights 0.1 and 0.01 (overrides the two weights above)")
     p.add_argument("--compute-dtype", default=m.compute_dtype, choices=("float32", "bfloat16"), help="matmul dtype (bfloat16 on accelerators)")
     p.add_argument("--resume", action="store_true", help="continue from the newest state_<step>.eqx in --out (its saved config)")
     p.add_argument("--keep", type=int, default=2, help="state_<step>.eqx files to keep (0 = none, only upgen.eqx at the end)")
     p.add_argument("--save-every", type=int, default=500, help="steps between state checkpoints")
     p.add_argument("--log-every", type=int, default=50, help="steps between log lines")
-    p.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget of the whole run, checked at log steps: past it, save and stop (0 = none: long runs, pods)")
+    p.add_argument("--minutes", type=float, default=None, help=f"wall-clock budget of the whole run: without --steps, the run sets its step count to fill it (default {DEFAULT_MINUTES:g}); past it, save and stop (0 = none)")
     p.add_argument("--samples", type=int, default=8, help="pictures drawn at the end from the first training captions (0 = none)")
-    p.add_argument("--bench", action="store_true", help="print the train step's tokens/s and MFU, laptop and a larger config")
+    p.add_argument("--bench", action="store_true", help="print the train step's tokens/s and MFU beside a reference step (bench.py)")
     p.add_argument("--bench-steps", type=int, default=10, help="timed steps per --bench config")
     p.add_argument("--peak-flops", type=float, default=0.0, help="peak FLOP/s of one device, for MFU (default: a measured matmul; e.g. 989e12 for an H100's bf16)")
     p.add_argument("--tpu", action="store_true", help="multi-host TPU: jax.distributed.initialize() first; run on every host")
@@ -419,7 +416,10 @@ def main(argv=None):
                 raise ValueError(f"--tpu: no TPU pod found here ({e}); run without --tpu") from None
             if jax.default_backend() != "tpu":
                 raise ValueError(f"--tpu: JAX sees no TPU (backend {jax.default_backend()}); run without --tpu")
-        return bench(args) if args.bench else train(args)
+        if args.bench:
+            import bench  # bench.py builds on this file's step
+            return bench.run(args)
+        return train(args)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 

@@ -32,6 +32,7 @@ def worker(out, devices, processes, process, port):
     if processes > 1:
         jax.distributed.initialize(f"localhost:{port}", processes, process)
     import equinox as eqx
+    import jax.numpy as jnp
     import train
     import upgen
 
@@ -52,7 +53,7 @@ def worker(out, devices, processes, process, port):
     for step in range(STEPS):
         rows = [train.local_batch([p[h::HOSTS] for p in pools], step, counts, seed=0, process=h) for h in mine]
         tokens, kinds = train.global_batch(mesh, *(np.concatenate(x) for x in zip(*rows)))
-        model, opt_state, loss, _ = train.train_step(model, opt_state, tokens, kinds,
+        model, opt_state, loss, _ = train.train_step(model, opt_state, tokens, kinds, jnp.float32(1e-2),
                                                      jax.random.key(step), optimizer, mesh)
         losses.append(float(loss))
     # The key bias shifts every score of a query equally, which softmax ignores: its true gradient is 0,
