@@ -277,13 +277,15 @@ def encode_images(model, images, batch=256):
     return in_batches(lambda chunk, _: _encode(model, chunk), images, batch, key=jax.random.key(0))
 
 
-def decode_tokens(model, ids):
-    """int32 (B, h*w) token ids -> uint8 (B, H, W, 3) pictures."""
+def decode_tokens(model, ids, batch=256):
+    """int32 (B, h*w) token ids -> uint8 (B, H, W, 3) pictures, any B."""
     ids = np.asarray(ids)
-    tokens, codes = model.cfg.tokens_per_side ** 2, model.cfg.codebook_size
+    tokens, codes, size = model.cfg.tokens_per_side ** 2, model.cfg.codebook_size, model.cfg.image_size
     if ids.ndim != 2 or ids.shape[1] != tokens or ids.size and not 0 <= ids.min() <= ids.max() < codes:
         raise ValueError(f"this tokenizer decodes ids in [0, {codes}) of shape (B, {tokens}), got {ids.shape}")
-    return np.asarray(_decode(model, ids.astype(np.int32)))
+    if len(ids) == 0:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return in_batches(lambda chunk, _: _decode(model, chunk), ids.astype(np.int32), batch, key=jax.random.key(0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -504,7 +506,7 @@ def evaluate(model, images, labels, batch=100):
     data.read_picture reads as the same 4 attributes, mean number of distinct tokens in a picture).
     The last is how hard the tokens are for UPGen: a plain background should take few distinct codes."""
     ids = encode_images(model, images, batch)
-    recon = in_batches(lambda chunk, _: _decode(model, chunk), ids, batch, key=jax.random.key(0))
+    recon = decode_tokens(model, ids, batch)
     mse = np.mean((recon.astype(np.float64) - images) ** 2)
     kept = np.mean([data.read_picture(r) == tuple(l) for r, l in zip(recon, labels.tolist())])
     distinct = np.mean([len(np.unique(row)) for row in ids])
