@@ -31,7 +31,7 @@ class VQGANConfig:
     image_size: int = 64  # pictures are image_size x image_size RGB, values in [0, 1]
     filters: int = 12  # channels of the first level; level i has filters * channel_multipliers[i]
     # one level each; the image halves between levels. One width throughout, because a ResBlock that changes
-    # width has no residual path (MaskGIT's quirk below): (1, 2, 4, 8) with 8 filters trains far slower
+    # width has no residual path (MaskGIT's quirk below), which slows training
     channel_multipliers: tuple[int, ...] = (1, 1, 1, 1)
     num_res_blocks: int = 1  # residual blocks per level (and in the middle)
     embedding_dim: int = 16  # size of a latent vector and of a codebook entry
@@ -39,7 +39,7 @@ class VQGANConfig:
     norm_groups: int = 2  # GroupNorm groups; MaskGIT keeps Flax's 32. With one channel per group GroupNorm
     #                       erases each channel's mean, so small widths need several channels per group
     # GroupNorm before the encoder's and the decoder's last conv, as MaskGIT. It erases a picture's overall
-    # brightness: with it a shapes tokenizer cannot say how light the background is (26.0 vs 28.4 dB, 2500 steps)
+    # brightness, so a shapes tokenizer with it cannot say how light the background is
     final_norm: bool = False
 
     def __post_init__(self):
@@ -217,7 +217,7 @@ class VQGAN(eqx.Module):
 
 def init_vqgan(cfg, *, seed):
     """A VQGAN to train from scratch. Weights are drawn with numpy because eager JAX compiles one
-    random kernel per parameter shape (about a minute on 2 busy cores). Conv kernels ~ U(+-1/sqrt(fan_in))
+    random kernel per parameter shape (about a minute on two cores). Conv kernels ~ U(+-1/sqrt(fan_in))
     and conv biases 0 (as PyTorch), GroupNorm scale 1 and bias 0, codebook ~ U(+-sqrt(3/K)) (as MaskGIT)."""
     rng = np.random.default_rng(seed)
 

@@ -33,10 +33,9 @@ class VQGANTrainConfig:
     warmup: int = 20  # steps of learning-rate warmup
     commitment: float = 0.25  # beta: how strongly the encoder is pulled towards its codes
     # weight of the squared error of neighbouring-pixel differences, which puts a shape's outline (a small
-    # square's corners, a triangle's tip) far above the flat background; 2.0 overshoots at edges and shifts colours
+    # square's corners, a triangle's tip) far above the flat background
     edge_weight: float = 1.0
-    # taming-transformers' VQGAN; Adam's usual (0.9, 0.999) collapsed near step 6600 of a 20,000-step run
-    adam_betas: tuple[float, float] = (0.5, 0.9)
+    adam_betas: tuple[float, float] = (0.5, 0.9)  # taming-transformers' betas; the usual ones made runs unstable here
     restart_every: int = 50  # every this many steps, codes unused since the last check move onto latents
     train_pictures: int = 20_000  # size of the training pool (rendered once)
     max_minutes: float | None = 4.5  # wall-clock budget: the run (and its cosine) ends at this or at steps,
