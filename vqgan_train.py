@@ -4,6 +4,8 @@ The loss is VQ-VAE's (reconstruction, codebook and commitment terms) plus a term
 differences that keeps outlines sharp; codes that go unused are restarted on the encoder's latents.
     python vqgan_train.py               # train a 64x64 -> 8x8 shapes tokenizer in 4.5 minutes into runs/shapes
     python vqgan_train.py --out checkpoints/shapes/vqgan.eqx --eval-only    # evaluate the shipped one
+The evaluation renders held-out pictures; `pytest -m slow` checks that the default run reaches PSNR >= 30 dB,
+at least 25% of the codes used and at most 0.5% of pictures misread (tests/test_vqgan_train.py).
 Read next: upgen.py, the transformer that models these tokens.
 """
 import argparse
