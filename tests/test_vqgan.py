@@ -252,7 +252,9 @@ def test_tokens_round_trip_through_our_checkpoint(tmp_path):
     assert ids.shape == (4, 16) and ids.dtype == np.int32
     pictures = vqgan.decode_tokens(model, ids)
     assert pictures.shape == (4, 16, 16, 3) and pictures.dtype == np.uint8
-    np.testing.assert_array_equal(vqgan.decode_tokens(model, ids, batch=3), pictures)  # the last chunk padded
+    # in chunks of 3, the last one padded: another batch size compiles another kernel, whose rounding may move
+    # a pixel by one grey level
+    np.testing.assert_allclose(vqgan.decode_tokens(model, ids, batch=3), pictures, atol=1)
     assert vqgan.decode_tokens(model, ids[:0]).shape == (0, 16, 16, 3)
     path = tmp_path / "vqgan.eqx"
     vqgan.save_vqgan(path, model)
