@@ -33,6 +33,7 @@ import data
 import sample
 import upgen
 import vqgan
+import vqgan_train
 
 KINDS = (upgen.PAIRED, upgen.IMAGE_ONLY, upgen.TEXT_ONLY)
 DEFAULT_MINUTES = 10.0  # the whole run's wall-clock budget when no step count is given
@@ -74,8 +75,8 @@ def image_tokenizer(out: Path, shipped: Path, images: str, minutes: float, log):
                              f"(python vqgan.py, or python train.py --out {out})")
         log(f"image tokenizer: none found, training one into {path}")
         size = vqgan.VQGANConfig().image_size
-        budget = vqgan.VQGANTrainConfig(max_minutes=minutes / 2 if minutes else None)
-        vqgan.train_vqgan(path, train=budget, images=data.image_text_pairs(images, size)[0] if images else None)
+        budget = vqgan_train.VQGANTrainConfig(max_minutes=minutes / 2 if minutes else None)
+        vqgan_train.train_vqgan(path, train=budget, images=data.image_text_pairs(images, size)[0] if images else None)
     return vqgan.load_vqgan(path), path
 
 

@@ -1,26 +1,26 @@
-"""The image tokenizer: MaskGIT's ConvNet VQGAN in Equinox, its checkpoint loader, and a small trainer.
+"""The image tokenizer: MaskGIT's ConvNet VQGAN in Equinox, pictures -> tokens -> pictures.
 
 A picture goes through a convolutional encoder, each latent vector is replaced by the index of its
 nearest codebook vector (its token), and a convolutional decoder turns the codes back into a picture.
-    python vqgan.py                                      # train a shapes tokenizer (64x64 -> 8x8) into runs/shapes, evaluate it
-    python vqgan.py --out checkpoints/shapes/vqgan.eqx --eval-only        # evaluate the shipped one on 500 held-out pictures
-    python vqgan.py --maskgit-count                      # the 256x256 config's size vs MaskGIT's checkpoint
+    model = vqgan.load_vqgan("checkpoints/shapes/vqgan.eqx")
+    ids = vqgan.encode_images(model, pictures)  # uint8 (B, 64, 64, 3) -> int32 (B, 64)
+    pictures = vqgan.decode_tokens(model, ids)
+The last section reads MaskGIT's released ImageNet tokenizer into this model:
+    python vqgan.py --maskgit-count     # the 256x256 config's size vs MaskGIT's checkpoint
     python vqgan.py --from-maskgit tokenizer_imagenet256_checkpoint --out imagenet_vqgan.eqx   # convert
-Read next: upgen.py, the transformer that models these tokens.
+Training a small tokenizer: vqgan_train.py. Read next: upgen.py, the transformer that models these tokens.
 """
 import argparse
 import dataclasses
 import math
 import struct
 import sys
-import time
 from dataclasses import dataclass
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm import tqdm
 
 import data
@@ -31,7 +31,7 @@ class VQGANConfig:
     image_size: int = 64  # pictures are image_size x image_size RGB, values in [0, 1]
     filters: int = 12  # channels of the first level; level i has filters * channel_multipliers[i]
     # one level each; the image halves between levels. One width throughout, because a ResBlock that changes
-    # width has no residual path (MaskGIT's quirk below): (1, 2, 4, 8) with 8 filters trains far slower
+    # width has no residual path (MaskGIT's quirk below), which slows training
     channel_multipliers: tuple[int, ...] = (1, 1, 1, 1)
     num_res_blocks: int = 1  # residual blocks per level (and in the middle)
     embedding_dim: int = 16  # size of a latent vector and of a codebook entry
@@ -39,7 +39,7 @@ class VQGANConfig:
     norm_groups: int = 2  # GroupNorm groups; MaskGIT keeps Flax's 32. With one channel per group GroupNorm
     #                       erases each channel's mean, so small widths need several channels per group
     # GroupNorm before the encoder's and the decoder's last conv, as MaskGIT. It erases a picture's overall
-    # brightness: with it a shapes tokenizer cannot say how light the background is (26.0 vs 28.4 dB, 2500 steps)
+    # brightness, so a shapes tokenizer with it cannot say how light the background is
     final_norm: bool = False
 
     def __post_init__(self):
@@ -217,7 +217,7 @@ class VQGAN(eqx.Module):
 
 def init_vqgan(cfg, *, seed):
     """A VQGAN to train from scratch. Weights are drawn with numpy because eager JAX compiles one
-    random kernel per parameter shape (about a minute on 2 busy cores). Conv kernels ~ U(+-1/sqrt(fan_in))
+    random kernel per parameter shape (about a minute on two cores). Conv kernels ~ U(+-1/sqrt(fan_in))
     and conv biases 0 (as PyTorch), GroupNorm scale 1 and bias 0, codebook ~ U(+-sqrt(3/K)) (as MaskGIT)."""
     rng = np.random.default_rng(seed)
 
@@ -277,17 +277,19 @@ def encode_images(model, images, batch=256):
     return in_batches(lambda chunk, _: _encode(model, chunk), images, batch, key=jax.random.key(0))
 
 
-def decode_tokens(model, ids):
-    """int32 (B, h*w) token ids -> uint8 (B, H, W, 3) pictures."""
+def decode_tokens(model, ids, batch=256):
+    """int32 (B, h*w) token ids -> uint8 (B, H, W, 3) pictures, any B."""
     ids = np.asarray(ids)
-    tokens, codes = model.cfg.tokens_per_side ** 2, model.cfg.codebook_size
+    tokens, codes, size = model.cfg.tokens_per_side ** 2, model.cfg.codebook_size, model.cfg.image_size
     if ids.ndim != 2 or ids.shape[1] != tokens or ids.size and not 0 <= ids.min() <= ids.max() < codes:
         raise ValueError(f"this tokenizer decodes ids in [0, {codes}) of shape (B, {tokens}), got {ids.shape}")
-    return np.asarray(_decode(model, ids.astype(np.int32)))
+    if len(ids) == 0:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return in_batches(lambda chunk, _: _decode(model, chunk), ids.astype(np.int32), batch, key=jax.random.key(0))
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: our own .eqx, and MaskGIT's released Flax msgpack file.
+# Checkpoints: a JSON header with the config, then the arrays (data.save_checkpoint).
 
 def save_vqgan(path, model):
     data.save_checkpoint(path, {"kind": "vqgan", "config": dataclasses.asdict(model.cfg)}, model)
@@ -297,17 +299,22 @@ def load_vqgan(path):
     def skeleton(header):
         if header.get("kind") != "vqgan":
             raise ValueError(f"{path} is not a vqgan checkpoint (kind {header.get('kind')!r})")
-        cfg = VQGANConfig(**{**header["config"], "channel_multipliers": tuple(header["config"]["channel_multipliers"])})
+        config = header["config"]
+        cfg = VQGANConfig(**{**config, "channel_multipliers": tuple(config["channel_multipliers"])})
         return eqx.filter_eval_shape(VQGAN, cfg, key=jax.random.key(0))
     return data.load_checkpoint(path, skeleton)[1]
 
+
+# ----------------------------------------------------------------------------------------------
+# MaskGIT's released tokenizer: its checkpoint is flax.serialization's msgpack of {'params': ...}.
+# A msgpack reader of our own keeps msgpack off the dependency list; maskgit_names maps Flax's names
+# onto this model's arrays.
 
 def read_msgpack(buf):
     """Decode msgpack bytes (the subset Flax writes) into dicts, lists, str, numbers and numpy arrays.
 
     Flax stores each array as extension type 1 (3 for a numpy scalar) whose payload is itself
-    msgpack: [shape, dtype name, raw C-order bytes]. A reader of our own keeps msgpack off the
-    dependency list.
+    msgpack: [shape, dtype name, raw C-order bytes].
     """
     view, pos = memoryview(buf), 0
 
@@ -443,154 +450,27 @@ def load_maskgit(path, cfg=MASKGIT_IMAGENET):
     return eqx.tree_at(lambda m: list(maskgit_names(m).values()), model, [jnp.asarray(a) for a in arrays])
 
 
-# ----------------------------------------------------------------------------------------------
-# Training a small tokenizer.
-
-@dataclass(frozen=True)
-class VQGANTrainConfig:
-    steps: int = 20_000  # optimiser steps, or fewer: the default budget of max_minutes ends the run first
-    batch_size: int = 4  # pictures per step: on a CPU, many small steps beat few large ones
-    lr: float = 4e-3  # Adam's peak learning rate (linear warmup, then cosine decay to 0 at the end of the run)
-    warmup: int = 20  # steps of learning-rate warmup
-    commitment: float = 0.25  # beta: how strongly the encoder is pulled towards its codes
-    # weight of the squared error of neighbouring-pixel differences, which puts a shape's outline (a small
-    # square's corners, a triangle's tip) far above the flat background; 2.0 overshoots at edges and shifts colours
-    edge_weight: float = 1.0
-    # taming-transformers' VQGAN; Adam's usual (0.9, 0.999) collapsed near step 6600 of a 20,000-step run
-    adam_betas: tuple[float, float] = (0.5, 0.9)
-    restart_every: int = 50  # every this many steps, codes unused since the last check move onto latents
-    train_pictures: int = 20_000  # size of the training pool (rendered once)
-    max_minutes: float | None = 4.5  # wall-clock budget: the run (and its cosine) ends at this or at steps,
-    #                                   whichever comes first; None runs every step
-    seed: int = 0  # seed of the weights and the training pictures
-
-
-def pixel_differences(x):  # (B, C, H, W) -> (B, C, H, W-1) across, (B, C, H-1, W) down
-    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
-
-
-def vq_loss(model, images, train):
-    """images float (B, 3, H, W) in [0, 1], train: VQGANTrainConfig -> (loss, (reconstruction MSE, ids (B, h, w),
-    latents (B, h, w, D)))."""
-    recon, z, q, ids = jax.vmap(model)(images)
-    reconstruction = jnp.mean((recon - images) ** 2)
-    edges = sum(jnp.mean((r - x) ** 2) for r, x in zip(pixel_differences(recon), pixel_differences(images)))
-    codebook = jnp.mean((q - jax.lax.stop_gradient(z)) ** 2)  # moves codes towards the encoder's outputs
-    commit = jnp.mean((jax.lax.stop_gradient(q) - z) ** 2)  # keeps the encoder near its codes
-    loss = reconstruction + train.edge_weight * edges + codebook + train.commitment * commit
-    return loss, (reconstruction, ids, jnp.moveaxis(z, 1, -1))
-
-
-@eqx.filter_jit(donate="all-except-first")
-def train_step(optimiser, model, opt_state, images, lr, train):
-    x = jnp.moveaxis(images.astype(jnp.float32) / 255, -1, 1)  # uint8 (B, H, W, 3) -> (B, 3, H, W)
-    (loss, aux), grads = eqx.filter_value_and_grad(vq_loss, has_aux=True)(model, x, train)
-    updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
-    return eqx.apply_updates(model, jax.tree.map(lambda u: -lr * u, updates)), opt_state, loss, aux
-
-
-def restart_dead_codes(model, used, latents, rng):
-    """Move every code not used since the last check onto a random latent of the current batch.
-    In numpy: the number of dead codes changes every time, and each new shape would compile anew."""
-    dead = np.flatnonzero(~used)
-    flat = np.asarray(latents).reshape(-1, latents.shape[-1])  # (B*h*w, D)
-    codebook = np.array(model.quantizer.codebook)
-    codebook[dead] = flat[rng.choice(len(flat), len(dead), replace=len(dead) > len(flat))]
-    return eqx.tree_at(lambda m: m.quantizer.codebook, model, jnp.asarray(codebook))
-
-
-def evaluate(model, images, labels, batch=100):
-    """-> (PSNR in dB over all pictures pooled, fraction of codes used, fraction of pictures whose reconstruction
-    data.read_picture reads as the same 4 attributes, mean number of distinct tokens in a picture).
-    The last is how hard the tokens are for UPGen: a plain background should take few distinct codes."""
-    ids = encode_images(model, images, batch)
-    recon = in_batches(lambda chunk, _: _decode(model, chunk), ids, batch, key=jax.random.key(0))
-    mse = np.mean((recon.astype(np.float64) - images) ** 2)
-    kept = np.mean([data.read_picture(r) == tuple(l) for r, l in zip(recon, labels.tolist())])
-    distinct = np.mean([len(np.unique(row)) for row in ids])
-    return 10 * np.log10(255 ** 2 / mse), len(np.unique(ids)) / model.cfg.codebook_size, kept, distinct
-
-
-def train_vqgan(out_path, cfg=VQGANConfig(), train=VQGANTrainConfig(), images=None):
-    """Train a tokenizer on images (uint8 (N, S, S, 3); default: shapes pictures), save it at out_path, return it."""
-    start = time.perf_counter()
-    if images is None:
-        images = data.shapes(train.train_pictures, seed=train.seed, cfg=data.ShapesConfig(cfg.image_size))[0]
-    model = init_vqgan(cfg, seed=train.seed)
-    optimiser = optax.scale_by_adam(*train.adam_betas)  # Adam's step direction; train_step scales it by the learning rate
-    opt_state = optimiser.init(eqx.filter(model, eqx.is_inexact_array))
-    budget = math.inf if train.max_minutes is None else 60 * train.max_minutes  # seconds
-    rng = np.random.default_rng(train.seed)
-    used = np.zeros(cfg.codebook_size, bool)
-    bar = tqdm(range(train.steps), desc="vqgan")
-    for step in bar:
-        done = max(step / train.steps, (time.perf_counter() - start) / budget)  # share of the run behind us
-        if done >= 1:
-            print(f"stopping at step {step}: the {train.max_minutes}-minute budget is spent")
-            break
-        # the cosine follows steps or the clock, whichever is further on, so a timed run still ends at lr 0
-        lr = train.lr * min(1, (step + 1) / train.warmup) * (1 + math.cos(math.pi * done)) / 2
-        batch = images[rng.integers(len(images), size=train.batch_size)]
-        model, opt_state, loss, (mse, ids, latents) = train_step(optimiser, model, opt_state, batch,
-                                                                 jnp.float32(lr), train)
-        used[np.asarray(ids).ravel()] = True
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{-10 * math.log10(float(mse)):.1f}",
-                            usage=f"{used.mean():.0%}")  # usage: share of codes used since the last restart
-        # step 0 seeds the whole (unused) codebook with real latents; later checks revive dead codes,
-        # until the last 20% of training, which lets the codebook settle
-        if step % train.restart_every == 0 and done < 0.8:
-            model = restart_dead_codes(model, used, latents, rng)
-            used[:] = False
-    save_vqgan(out_path, model)
-    return model
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/shapes/vqgan.eqx", help="where to write the tokenizer (train.py --out runs/shapes then uses it); the shipped one pairs with checkpoints/shapes/upgen.eqx, so do not overwrite it")
-    parser.add_argument("--steps", type=int, default=VQGANTrainConfig.steps, help="optimiser steps")
-    parser.add_argument("--minutes", type=float, default=VQGANTrainConfig.max_minutes,
-                        help="wall-clock budget: training (and its learning-rate decay) ends at this or at --steps, "
-                             "whichever comes first; 0 for no budget")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and training pictures")
-    parser.add_argument("--eval-only", action="store_true", help="only evaluate the tokenizer at --out")
-    parser.add_argument("--held-out", type=int, default=500, help="held-out pictures to evaluate on (the target: 500)")
-    parser.add_argument("--maskgit-count", action="store_true",
-                        help="print the 256x256 config's parameter count and the arrays the MaskGIT loader expects")
-    parser.add_argument("--from-maskgit", metavar="PATH",
-                        help="convert MaskGIT's tokenizer_imagenet256_checkpoint at PATH into an .eqx at --out")
+    todo = parser.add_mutually_exclusive_group(required=True)
+    todo.add_argument("--maskgit-count", action="store_true",
+                      help="print the 256x256 config's parameter count and the arrays the MaskGIT loader expects")
+    todo.add_argument("--from-maskgit", metavar="PATH",
+                      help="convert MaskGIT's tokenizer_imagenet256_checkpoint at PATH into an .eqx at --out")
+    parser.add_argument("--out", default="imagenet_vqgan.eqx", help="where --from-maskgit writes the tokenizer")
     args = parser.parse_args()
-    if args.held_out < 1:
-        sys.exit("error: --held-out must be at least 1")
+    if args.maskgit_count:
+        model = eqx.filter_eval_shape(VQGAN, MASKGIT_IMAGENET, key=jax.random.key(0))
+        names = maskgit_names(model)
+        print(f"MASKGIT_IMAGENET: {parameter_count(model):,} parameters in {len(names)} arrays; the loader "
+              f"expects {len(names)} arrays holding {sum(math.prod(a.shape) for a in names.values()):,}")
+        return
     try:
-        if args.maskgit_count:
-            model = eqx.filter_eval_shape(VQGAN, MASKGIT_IMAGENET, key=jax.random.key(0))
-            names = maskgit_names(model)
-            print(f"MASKGIT_IMAGENET: {parameter_count(model):,} parameters in {len(names)} arrays; "
-                  f"the loader expects {len(names)} arrays holding {sum(math.prod(a.shape) for a in names.values()):,}")
-            return
-        if args.from_maskgit:
-            save_vqgan(args.out, load_maskgit(args.from_maskgit))
-            print(f"wrote {args.out}")
-            return
-        if args.eval_only:
-            model = load_vqgan(args.out)
-        else:
-            start = time.perf_counter()
-            model = train_vqgan(args.out, train=VQGANTrainConfig(steps=args.steps, max_minutes=args.minutes or None, seed=args.seed))
-            print(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
-        n = args.held_out
-        images, _, labels = data.shapes(n, seed=HELD_OUT_SEED, cfg=data.ShapesConfig(model.cfg.image_size))
-        psnr, usage, kept, distinct = evaluate(model, images, labels)
-        print(f"{n} held-out pictures: PSNR {psnr:.2f} dB, {usage:.0%} of {model.cfg.codebook_size} codes used, "
-              f"{kept:.2%} ({round(kept * n)}) of reconstructions keep shape, colour, size and position, "
-              f"{distinct:.1f} distinct tokens per picture")
+        save_vqgan(args.out, load_maskgit(args.from_maskgit))
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
+    print(f"wrote {args.out}")
 
-
-HELD_OUT_SEED = 12345  # pictures no tokenizer trains on (training uses seed 0 by default)
 
 if __name__ == "__main__":
     main()

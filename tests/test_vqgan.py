@@ -1,4 +1,4 @@
-"""The image tokenizer: MaskGIT's VQGAN ported faithfully, its checkpoint read exactly, small tokenizers trained."""
+"""The image tokenizer: MaskGIT's VQGAN ported faithfully, its checkpoint read exactly, tokens round-trip."""
 import dataclasses
 import math
 import struct
@@ -252,6 +252,10 @@ def test_tokens_round_trip_through_our_checkpoint(tmp_path):
     assert ids.shape == (4, 16) and ids.dtype == np.int32
     pictures = vqgan.decode_tokens(model, ids)
     assert pictures.shape == (4, 16, 16, 3) and pictures.dtype == np.uint8
+    # in chunks of 3, the last one padded: another batch size compiles another kernel, whose rounding may move
+    # a pixel by one grey level
+    np.testing.assert_allclose(vqgan.decode_tokens(model, ids, batch=3), pictures, atol=1)
+    assert vqgan.decode_tokens(model, ids[:0]).shape == (0, 16, 16, 3)
     path = tmp_path / "vqgan.eqx"
     vqgan.save_vqgan(path, model)
     loaded = vqgan.load_vqgan(path)
@@ -271,53 +275,3 @@ def test_wrong_inputs_are_refused_with_a_clear_message():
     with pytest.raises(ValueError) as e:
         vqgan.decode_tokens(model, np.full((2, 16), 16))
     one_line_error(e, "[0, 16)")
-
-
-def test_dead_codes_restart_on_the_encoders_latents():
-    model = vqgan.init_vqgan(SMALL, seed=1)
-    used = np.zeros(16, bool)
-    used[:10] = True
-    latents = np.arange(2 * 4 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 4)
-    restarted = vqgan.restart_dead_codes(model, used, latents, np.random.default_rng(0))
-    codebook = np.asarray(restarted.quantizer.codebook)
-    np.testing.assert_array_equal(codebook[:10], model.quantizer.codebook[:10])
-    rows = {tuple(r) for r in latents.reshape(-1, 4)}
-    assert all(tuple(r) in rows for r in codebook[10:])
-
-
-def test_edge_term_counts_a_moved_outline_but_not_a_uniform_brightening():
-    images = np.zeros((1, 3, 16, 16), np.float32)
-    images[..., 4:10, 4:10] = 1.0  # one square
-
-    def loss(reconstruct, edge_weight):  # a stand-in model: reconstruct, with latent == code
-        model = lambda image: (reconstruct(image), image[:2, :2, :2], image[:2, :2, :2], np.zeros((2, 2), np.int32))
-        return float(vqgan.vq_loss(model, images, vqgan.VQGANTrainConfig(edge_weight=edge_weight))[0])
-
-    brighter = lambda image: image + 0.1  # every pixel off, no outline moved
-    moved = lambda image: jax.numpy.roll(image, 1, axis=-1)  # the square one pixel to the right
-    assert loss(brighter, 1.0) == pytest.approx(loss(brighter, 0.0))
-    assert loss(moved, 1.0) > 2 * loss(moved, 0.0) > 0
-
-
-@pytest.mark.slow  # ~50 s on 2 busy cores, mostly compiling the training step
-def test_training_lowers_the_reconstruction_error(tmp_path):
-    images = data.shapes(64, seed=0, cfg=data.ShapesConfig(image_size=16, jitter=1))[0]
-    before = vqgan.init_vqgan(SMALL, seed=0)
-    train = vqgan.VQGANTrainConfig(steps=60, batch_size=8, warmup=5, restart_every=20)
-    model = vqgan.train_vqgan(tmp_path / "v.eqx", SMALL, train, images=images)
-    assert (tmp_path / "v.eqx").exists()
-
-    def mse(m):
-        return np.mean((vqgan.decode_tokens(m, vqgan.encode_images(m, images)).astype(float) - images) ** 2)
-    assert mse(model) < 0.5 * mse(before)
-
-
-# ~5 min: python vqgan.py, the shapes tokenizer trained within its default 4.5-minute budget. Not met yet:
-# 31.0-36.9 dB and 100% of codes, but 0.08-0.3% of pictures lose an attribute (small squares come back
-# bulging, small triangles off-colour), so all 500 are kept in only some runs and this test often fails
-@pytest.mark.slow
-def test_five_minute_shapes_tokenizer_meets_its_targets(tmp_path):
-    model = vqgan.train_vqgan(tmp_path / "vqgan.eqx")
-    images, _, labels = data.shapes(500, seed=vqgan.HELD_OUT_SEED)
-    psnr, usage, kept, _ = vqgan.evaluate(model, images, labels)
-    assert psnr >= 30 and usage >= 0.25 and kept == 1.0, (psnr, usage, kept)

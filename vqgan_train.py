@@ -1,0 +1,163 @@
+"""Training a small image tokenizer (vqgan.py's VQGAN) from scratch, by default on the shapes world.
+
+The loss is VQ-VAE's (reconstruction, codebook and commitment terms) plus a term on neighbouring-pixel
+differences that keeps outlines sharp; codes that go unused are restarted on the encoder's latents.
+    python vqgan_train.py               # train a 64x64 -> 8x8 shapes tokenizer in 4.5 minutes into runs/shapes
+    python vqgan_train.py --out checkpoints/shapes/vqgan.eqx --eval-only    # evaluate the shipped one
+The evaluation renders held-out pictures; `pytest -m slow` checks that the default run reaches PSNR >= 30 dB,
+at least 25% of the codes used and at most 0.5% of pictures misread (tests/test_vqgan_train.py).
+Read next: upgen.py, the transformer that models these tokens.
+"""
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+import data
+import vqgan
+
+HELD_OUT_SEED = 12345  # pictures no tokenizer trains on (training uses seed 0 by default)
+
+
+@dataclass(frozen=True)
+class VQGANTrainConfig:
+    steps: int = 20_000  # optimiser steps, or fewer: the default budget of max_minutes ends the run first
+    batch_size: int = 4  # pictures per step: on a CPU, many small steps beat few large ones
+    lr: float = 4e-3  # Adam's peak learning rate (linear warmup, then cosine decay to 0 at the end of the run)
+    warmup: int = 20  # steps of learning-rate warmup
+    commitment: float = 0.25  # beta: how strongly the encoder is pulled towards its codes
+    # weight of the squared error of neighbouring-pixel differences, which puts a shape's outline (a small
+    # square's corners, a triangle's tip) far above the flat background
+    edge_weight: float = 1.0
+    adam_betas: tuple[float, float] = (0.5, 0.9)  # taming-transformers' betas; the usual ones made runs unstable here
+    restart_every: int = 50  # every this many steps, codes unused since the last check move onto latents
+    train_pictures: int = 20_000  # size of the training pool (rendered once)
+    max_minutes: float | None = 4.5  # wall-clock budget: the run (and its cosine) ends at this or at steps,
+    #                                   whichever comes first; None runs every step
+    seed: int = 0  # seed of the weights and the training pictures
+
+
+def pixel_differences(x):  # (B, C, H, W) -> (B, C, H, W-1) across, (B, C, H-1, W) down
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+def vq_loss(model, images, train):
+    """images float (B, 3, H, W) in [0, 1], train: VQGANTrainConfig -> (loss, (reconstruction MSE, ids (B, h, w),
+    latents (B, h, w, D)))."""
+    recon, z, q, ids = jax.vmap(model)(images)
+    reconstruction = jnp.mean((recon - images) ** 2)
+    edges = sum(jnp.mean((r - x) ** 2) for r, x in zip(pixel_differences(recon), pixel_differences(images)))
+    codebook = jnp.mean((q - jax.lax.stop_gradient(z)) ** 2)  # moves codes towards the encoder's outputs
+    commit = jnp.mean((jax.lax.stop_gradient(q) - z) ** 2)  # keeps the encoder near its codes
+    loss = reconstruction + train.edge_weight * edges + codebook + train.commitment * commit
+    return loss, (reconstruction, ids, jnp.moveaxis(z, 1, -1))
+
+
+@eqx.filter_jit(donate="all-except-first")
+def train_step(optimiser, model, opt_state, images, lr, train):
+    x = jnp.moveaxis(images.astype(jnp.float32) / 255, -1, 1)  # uint8 (B, H, W, 3) -> (B, 3, H, W)
+    (loss, aux), grads = eqx.filter_value_and_grad(vq_loss, has_aux=True)(model, x, train)
+    updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    return eqx.apply_updates(model, jax.tree.map(lambda u: -lr * u, updates)), opt_state, loss, aux
+
+
+def restart_dead_codes(model, used, latents, rng):
+    """Move every code not used since the last check onto a random latent of the current batch.
+    In numpy: the number of dead codes changes every time, and each new shape would compile anew."""
+    dead = np.flatnonzero(~used)
+    flat = np.asarray(latents).reshape(-1, latents.shape[-1])  # (B*h*w, D)
+    codebook = np.array(model.quantizer.codebook)
+    codebook[dead] = flat[rng.choice(len(flat), len(dead), replace=len(dead) > len(flat))]
+    return eqx.tree_at(lambda m: m.quantizer.codebook, model, jnp.asarray(codebook))
+
+
+def evaluate(model, images, labels, batch=100):
+    """-> (PSNR in dB over all pictures pooled, fraction of codes used, fraction of pictures whose reconstruction
+    data.read_picture reads as the same 4 attributes, mean number of distinct tokens in a picture).
+    The last is how hard the tokens are for UPGen: a plain background should take few distinct codes."""
+    ids = vqgan.encode_images(model, images, batch)
+    recon = vqgan.decode_tokens(model, ids, batch)
+    mse = np.mean((recon.astype(np.float64) - images) ** 2)
+    kept = np.mean([data.read_picture(r) == tuple(l) for r, l in zip(recon, labels.tolist())])
+    distinct = np.mean([len(np.unique(row)) for row in ids])
+    return 10 * np.log10(255 ** 2 / mse), len(np.unique(ids)) / model.cfg.codebook_size, kept, distinct
+
+
+def train_vqgan(out_path, cfg=vqgan.VQGANConfig(), train=VQGANTrainConfig(), images=None):
+    """Train a tokenizer on images (uint8 (N, S, S, 3); default: shapes pictures), save it at out_path, return it."""
+    start = time.perf_counter()
+    if images is None:
+        images = data.shapes(train.train_pictures, seed=train.seed, cfg=data.ShapesConfig(cfg.image_size))[0]
+    model = vqgan.init_vqgan(cfg, seed=train.seed)
+    optimiser = optax.scale_by_adam(*train.adam_betas)  # Adam's direction; train_step scales it by the learning rate
+    opt_state = optimiser.init(eqx.filter(model, eqx.is_inexact_array))
+    budget = math.inf if train.max_minutes is None else 60 * train.max_minutes  # seconds
+    rng = np.random.default_rng(train.seed)
+    used = np.zeros(cfg.codebook_size, bool)
+    bar = tqdm(range(train.steps), desc="vqgan")
+    for step in bar:
+        done = max(step / train.steps, (time.perf_counter() - start) / budget)  # share of the run behind us
+        if done >= 1:
+            print(f"stopping at step {step}: the {train.max_minutes}-minute budget is spent")
+            break
+        # the cosine follows steps or the clock, whichever is further on, so a timed run still ends at lr 0
+        lr = train.lr * min(1, (step + 1) / train.warmup) * (1 + math.cos(math.pi * done)) / 2
+        batch = images[rng.integers(len(images), size=train.batch_size)]
+        model, opt_state, loss, (mse, ids, latents) = train_step(optimiser, model, opt_state, batch,
+                                                                 jnp.float32(lr), train)
+        used[np.asarray(ids).ravel()] = True
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{-10 * math.log10(float(mse)):.1f}",
+                            usage=f"{used.mean():.0%}")  # usage: share of codes used since the last restart
+        # step 0 seeds the whole (unused) codebook with real latents; later checks revive dead codes,
+        # until the last 20% of training, which lets the codebook settle
+        if step % train.restart_every == 0 and done < 0.8:
+            model = restart_dead_codes(model, used, latents, rng)
+            used[:] = False
+    vqgan.save_vqgan(out_path, model)
+    return model
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/shapes/vqgan.eqx",
+                        help="where to write the tokenizer (train.py --out runs/shapes then uses it); the shipped "
+                             "one pairs with checkpoints/shapes/upgen.eqx, so do not overwrite it")
+    parser.add_argument("--steps", type=int, default=VQGANTrainConfig.steps, help="optimiser steps")
+    parser.add_argument("--minutes", type=float, default=VQGANTrainConfig.max_minutes,
+                        help="wall-clock budget: training (and its learning-rate decay) ends at this or at --steps, "
+                             "whichever comes first; 0 for no budget")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and training pictures")
+    parser.add_argument("--eval-only", action="store_true", help="only evaluate the tokenizer at --out")
+    parser.add_argument("--held-out", type=int, default=500, help="held-out pictures to evaluate on")
+    args = parser.parse_args()
+    if args.held_out < 1:
+        sys.exit("error: --held-out must be at least 1")
+    try:
+        if args.eval_only:
+            model = vqgan.load_vqgan(args.out)
+        else:
+            start = time.perf_counter()
+            train = VQGANTrainConfig(steps=args.steps, max_minutes=args.minutes or None, seed=args.seed)
+            model = train_vqgan(args.out, train=train)
+            print(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
+        n = args.held_out
+        images, _, labels = data.shapes(n, seed=HELD_OUT_SEED, cfg=data.ShapesConfig(model.cfg.image_size))
+        psnr, usage, kept, distinct = evaluate(model, images, labels)
+        print(f"{n} held-out pictures: PSNR {psnr:.2f} dB, {usage:.0%} of {model.cfg.codebook_size} codes used, "
+              f"{kept:.2%} ({round(kept * n)}) of reconstructions keep shape, colour, size and position, "
+              f"{distinct:.1f} distinct tokens per picture")
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
