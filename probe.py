@@ -22,6 +22,7 @@ import optax
 
 import data
 import sample
+import shapes
 from upgen import UPGen, make_sequence
 from vqgan import encode_images, in_batches
 
@@ -171,10 +172,10 @@ def main(argv=None):
             if skipped:
                 print(f"skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}")
         else:
-            if vqgan.cfg.image_size != data.ShapesConfig().image_size:
+            if vqgan.cfg.image_size != shapes.ShapesConfig().image_size:
                 raise ValueError(f"{args.ckpt} takes {vqgan.cfg.image_size}px images, not shapes pictures: use --folder")
-            images, _, labels = data.shapes(args.shapes, args.seed)
-            tasks = list(data.LABELS)
+            images, _, labels = shapes.examples(args.shapes, args.seed)
+            tasks = list(shapes.LABELS)
         cfg = ProbeConfig(epochs=args.epochs)
         scores = probe(model, vqgan, images, labels, cfg, layer=args.layer, key=jax.random.key(args.seed))
     except (ValueError, OSError) as e:

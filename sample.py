@@ -5,14 +5,13 @@ pictures and captions, and text-guided inpainting, all from one model.
     python sample.py --image picture.png                              # prints captions
     python sample.py --image picture.png --keep 0,0,32,64 --prompt "a small blue square in the top left"
     python sample.py                                                  # unconditional pictures and their captions
-    python sample.py --eval        # shapes-world accuracy of every mode;  --bench: the decode loop's cost
+    python sample.py --eval        # shapes-world accuracy of every mode (shapes.evaluate); --bench: decode cost
 
 The decoder (first section) knows nothing about the model: it takes a tokens -> logits function.
 Read upgen.py first for the sequence layout [image tokens | text tokens].
 """
 import argparse
 import dataclasses
-import itertools
 import math
 import sys
 import time
@@ -265,43 +264,7 @@ def save_grid(images, path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The shapes eval and the benchmark
-
-
-def evaluate(model, tokenizer, tokenizer_model, cfg, *, key, batch=256):
-    """Prints text->image, image->text and unconditional accuracy on the shapes world."""
-    mcfg, start = model.cfg, time.perf_counter()
-    t2i_key, i2t_key, uncond_key = jax.random.split(key, 3)
-    ranges = (len(data.SHAPES), len(data.COLOURS), len(data.SIZES), len(data.POSITIONS))
-    all_labels = list(itertools.product(*(range(k) for k in ranges)))  # the 180 descriptions
-
-    def draw(f, x, key):  # f(chunk of x, key) -> states; -> (final states, what data.read_picture sees in each)
-        finals = vqgan.in_batches(lambda chunk, k: f(chunk, k)[-1], x, batch, key=key)
-        return finals, [data.read_picture(p) for p in pictures(tokenizer_model, finals, mcfg)]
-
-    prompts = np.concatenate([inputs(mcfg, 1, text=tokenizer.encode(data.canonical_caption(lab))) for lab in all_labels])
-    _, read = draw(lambda seqs, k: generate(model, seqs, cfg, key=k), prompts, t2i_key)
-    right = np.mean([r == lab for r, lab in zip(read, all_labels)])
-    print(f"text->image: {right:.1%} of the 180 canonical prompts drawn with all four attributes right")
-
-    images, _, labels = data.shapes(100, seed=20261125, varied=False)  # fresh pictures, not a training seed
-    codes = vqgan.encode_images(tokenizer_model, images)
-    # write_text decodes a caption of every length per picture: 100 pictures, in small batches
-    prior = length_prior(tokenizer)
-    texts = vqgan.in_batches(lambda c, k: write_text(model, c, prior, cfg, key=k), codes, batch // 8, key=i2t_key)
-    captions = [tokenizer.decode(t) for t in texts]
-    right = np.mean([data.parse_caption(c) == tuple(lab) for c, lab in zip(captions, labels)])
-    print(f"image->text: {right:.1%} of captions of 100 fresh pictures name all four attributes "
-          f"(e.g. {captions[0]!r})")
-
-    length_key, uncond_key = jax.random.split(uncond_key)
-    finals, read = draw(lambda lengths, k: unconditional(model, lengths, cfg, key=k),
-                        draw_caption_lengths(tokenizer, 500, key=length_key), uncond_key)
-    valid = [r for r in read if r is not None]
-    said = [data.parse_caption(tokenizer.decode(t)) for t in tokenizer_ids(mcfg, finals[:, mcfg.image_tokens:])]
-    print(f"unconditional: {len(valid) / 5:.1f}% of 500 pictures valid, {len(set(valid))} of the 180 "
-          f"descriptions appear, {np.mean([s == r for s, r in zip(said, read) if r]):.1%} of the valid ones "
-          f"match the caption drawn with them ({time.perf_counter() - start:.0f} s for the whole eval)")
+# The benchmark
 
 
 def bench(model, cfg, n, *, key, repeats=3):
@@ -353,7 +316,8 @@ def run(args):
     mcfg, size = model.cfg, tokenizer_model.cfg.image_size
     key = jax.random.key(args.seed)
     if args.eval:
-        return evaluate(model, tokenizer, tokenizer_model, cfg, key=key)
+        import shapes  # the shapes eval builds on this file
+        return shapes.evaluate(model, tokenizer, tokenizer_model, cfg, key=key)
     if args.bench:
         return bench(model, cfg, args.n, key=key)
     prompt = None

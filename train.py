@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 import data
 import sample
+import shapes
 import upgen
 import vqgan
 import vqgan_train
@@ -101,7 +102,7 @@ def load_corpus(tcfg: TrainConfig, vq, vq_path: Path, out: Path, log, *, process
         if skipped:
             log(f"skipped {len(skipped)} unreadable example(s): " + "; ".join(skipped))
     else:
-        images, captions, _ = data.shapes(tcfg.shapes, tcfg.seed)
+        images, captions, _ = shapes.examples(tcfg.shapes, tcfg.seed)
     rows = np.arange(process, len(images), processes)
     codes = vqgan.encode_images(vq, images[rows])
     with open(cache.with_name(cache.name + ".tmp"), "wb") as f:

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-import data
+import shapes
 import vqgan
 
 HELD_OUT_SEED = 12345  # pictures no tokenizer trains on (training uses seed 0 by default)
@@ -81,12 +81,12 @@ def restart_dead_codes(model, used, latents, rng):
 
 def evaluate(model, images, labels, batch=100):
     """-> (PSNR in dB over all pictures pooled, fraction of codes used, fraction of pictures whose reconstruction
-    data.read_picture reads as the same 4 attributes, mean number of distinct tokens in a picture).
+    shapes.read_picture reads as the same 4 attributes, mean number of distinct tokens in a picture).
     The last is how hard the tokens are for UPGen: a plain background should take few distinct codes."""
     ids = vqgan.encode_images(model, images, batch)
     recon = vqgan.decode_tokens(model, ids, batch)
     mse = np.mean((recon.astype(np.float64) - images) ** 2)
-    kept = np.mean([data.read_picture(r) == tuple(l) for r, l in zip(recon, labels.tolist())])
+    kept = np.mean([shapes.read_picture(r) == tuple(l) for r, l in zip(recon, labels.tolist())])
     distinct = np.mean([len(np.unique(row)) for row in ids])
     return 10 * np.log10(255 ** 2 / mse), len(np.unique(ids)) / model.cfg.codebook_size, kept, distinct
 
@@ -95,7 +95,7 @@ def train_vqgan(out_path, cfg=vqgan.VQGANConfig(), train=VQGANTrainConfig(), ima
     """Train a tokenizer on images (uint8 (N, S, S, 3); default: shapes pictures), save it at out_path, return it."""
     start = time.perf_counter()
     if images is None:
-        images = data.shapes(train.train_pictures, seed=train.seed, cfg=data.ShapesConfig(cfg.image_size))[0]
+        images = shapes.examples(train.train_pictures, seed=train.seed, cfg=shapes.ShapesConfig(cfg.image_size))[0]
     model = vqgan.init_vqgan(cfg, seed=train.seed)
     optimiser = optax.scale_by_adam(*train.adam_betas)  # Adam's direction; train_step scales it by the learning rate
     opt_state = optimiser.init(eqx.filter(model, eqx.is_inexact_array))
@@ -150,7 +150,7 @@ def main():
             model = train_vqgan(args.out, train=train)
             print(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
         n = args.held_out
-        images, _, labels = data.shapes(n, seed=HELD_OUT_SEED, cfg=data.ShapesConfig(model.cfg.image_size))
+        images, _, labels = shapes.examples(n, seed=HELD_OUT_SEED, cfg=shapes.ShapesConfig(model.cfg.image_size))
         psnr, usage, kept, distinct = evaluate(model, images, labels)
         print(f"{n} held-out pictures: PSNR {psnr:.2f} dB, {usage:.0%} of {model.cfg.codebook_size} codes used, "
               f"{kept:.2%} ({round(kept * n)}) of reconstructions keep shape, colour, size and position, "

@@ -6,6 +6,7 @@ import pytest
 import data
 import probe
 import sample
+import shapes
 from upgen import UPGen, UPGenConfig, make_sequence, save_upgen
 from vqgan import VQGAN, VQGANConfig, save_vqgan
 
@@ -59,7 +60,7 @@ def test_probe_on_a_class_folder_end_to_end(ckpt, tmp_path, capsys):
     for name, label in [("red_circles", (0, 0, 0, 4)), ("blue_squares", (1, 4, 0, 4))]:
         (tmp_path / name).mkdir()
         for i in range(10):
-            data.Image.fromarray(data.render(label, rng)).save(tmp_path / name / f"{i}.png")
+            data.Image.fromarray(shapes.render(label, rng)).save(tmp_path / name / f"{i}.png")
     (tmp_path / "red_circles" / "broken.jpg").write_bytes(b"not a picture")
     scores = probe.main(["--ckpt", str(ckpt), "--folder", str(tmp_path)])
     out = capsys.readouterr().out
@@ -73,12 +74,12 @@ def test_probe_on_a_class_folder_end_to_end(ckpt, tmp_path, capsys):
 def test_probe_on_the_shapes_world_scores_all_four_tasks(ckpt, capsys):
     scores = probe.main(["--ckpt", str(ckpt), "--shapes", "20", "--layer", "0"])
     out = capsys.readouterr().out
-    assert all(task in out for task in data.LABELS)
+    assert all(task in out for task in shapes.LABELS)
     assert all(len(s) == 4 for s in scores.values())
 
 
 def test_bad_class_folders_get_a_one_line_error(ckpt, tmp_path):
-    picture = data.render((0, 0, 0, 4), np.random.default_rng(0))
+    picture = shapes.render((0, 0, 0, 4), np.random.default_rng(0))
     (tmp_path / "only").mkdir()
     data.Image.fromarray(picture).save(tmp_path / "only" / "a.png")
     assert "needs two or more" in error_of(["--ckpt", str(ckpt), "--folder", str(tmp_path)])

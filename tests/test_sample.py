@@ -11,6 +11,7 @@ from PIL import Image
 
 import data
 import sample
+import shapes
 import upgen
 import vqgan
 
@@ -162,7 +163,7 @@ def ckpt(tmp_path_factory, tiny_model):
     assert vq.cfg.tokens_per_side ** 2 == TINY.image_tokens
     vqgan.save_vqgan(folder / "vqgan.eqx", vq)
     upgen.save_upgen(folder / "upgen.eqx", tiny_model, TOKENIZER)
-    images, _, _ = data.shapes(1, seed=0)
+    images, _, _ = shapes.examples(1, seed=0)
     Image.fromarray(images[0]).save(folder / "shape.png")
     (folder / "not_an_image.png").write_text("hello")
     return folder

@@ -154,9 +154,9 @@ def test_resume_continues_exactly(tmp_path, tiny_vqgan):
 
 def write_pairs(folder, n):
     """n shapes pictures as folder/i.png + folder/i.txt; returns their captions."""
-    import data
+    import shapes
     from PIL import Image
-    images, captions, _ = data.shapes(n, seed=3)
+    images, captions, _ = shapes.examples(n, seed=3)
     folder.mkdir()
     for i, (image, caption) in enumerate(zip(images, captions)):
         Image.fromarray(image).save(folder / f"{i}.png")
@@ -176,7 +176,7 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
         for name in sorted(os.listdir(folder)):
             if not name.startswith("broken"):
                 tar.add(folder / name, arcname=name)
-    finish_train(start_train(tmp_path / "folder", tiny_vqgan, "--images", str(folder), "--text", str(corpus),
+    finish_train(start_train(tmp_path / "folder", tiny_vqgan, "--images", str(folder), "--text", str(corpus), "--mix", "0.7", "0.15", "0.15",
                              "--steps", "2"),
                  start_train(tmp_path / "tar", tiny_vqgan, "--images", str(shard), "--steps", "2", "--samples", "2"))
     log = (tmp_path / "folder" / "train.log").read_text()
@@ -197,6 +197,24 @@ def test_tpu_flag_without_tpus_exits_with_one_line():
                             text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: --tpu") and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--batch", "0"), ("--steps", "-1"), ("--lr", "0"), ("--minutes", "-1")])
+def test_settings_that_cannot_train_exit_with_one_line(tmp_path, flag, value, capsys):
+    import train
+    with pytest.raises(SystemExit) as exit:
+        train.main(["--out", str(tmp_path), flag, value])
+    assert str(exit.value).startswith(f"error: {flag} {value}") and "\n" not in str(exit.value)
+
+
+def test_the_learning_rate_warms_up_then_decays_to_a_tenth_at_the_last_step():
+    import train
+    tcfg = train.TrainConfig(lr=1.0, warmup=10, steps=110)
+    rates = [train.learning_rate(step, tcfg) for step in range(110)]
+    assert rates[0] == 0.1 and rates[9] == 1.0 and np.all(np.diff(rates[9:]) <= 0)
+    assert np.isclose(train.learning_rate(110, tcfg), 0.1)
+    # until a budgeted run has set its length, the rate stays at the peak
+    assert train.learning_rate(50, train.TrainConfig(lr=1.0, warmup=10, steps=0)) == 1.0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from upgen import IMAGE_ONLY, PAIRED, TEXT_ONLY
 
 TINY = upgen.UPGenConfig(image_codes=16, image_tokens=8, text_vocab=12, text_tokens=6,
                          width=32, depth=2, heads=4, mlp=64)
+PAPER = dataclasses.replace(TINY, **upgen.PAPER_OBJECTIVE)  # the paper's objective, as --paper-objective
 
 
 def random_sequences(cfg, kinds, text_lengths, *, seed=0):
@@ -39,8 +40,8 @@ def test_sequence_is_image_tokens_then_offset_text_tokens_with_pad_for_a_missing
 
 def test_paired_mask_ratio_is_drawn_uniformly_in_0_1():
     n = 4000
-    tokens, kinds = random_sequences(TINY, [PAIRED] * n, [TINY.text_tokens] * n)
-    _, masked = upgen.mask_tokens(tokens, kinds, TINY, key=jax.random.key(0))
+    tokens, kinds = random_sequences(PAPER, [PAIRED] * n, [PAPER.text_tokens] * n)
+    _, masked = upgen.mask_tokens(tokens, kinds, PAPER, key=jax.random.key(0))
     fraction = np.asarray(masked.mean(axis=1))
     assert abs(fraction.mean() - 0.5) < 0.02  # the mean of U(0, 1]
     assert abs((fraction <= 0.25).mean() - 0.25) < 0.03  # spread evenly, not piled at 0.5
@@ -112,14 +113,14 @@ def test_unmasked_text_logits_do_not_change_the_loss():
     assert upgen.masked_loss(changed, tokens, masked, kinds, TINY)[0] != loss
 
 
-def test_a_masked_image_token_pulls_10x_harder_than_a_masked_caption_token():
+def test_a_masked_image_token_pulls_10x_harder_than_a_masked_caption_token():  # the paper's weights
     logits, tokens, masked, kinds = one_paired_example()
-    grad = jax.grad(lambda l: upgen.masked_loss(l, tokens, masked, kinds, TINY)[0])(logits)
+    grad = jax.grad(lambda l: upgen.masked_loss(l, tokens, masked, kinds, PAPER)[0])(logits)
     image_pull, text_pull = jnp.linalg.norm(grad[0, 1]), jnp.linalg.norm(grad[0, 8])
     assert np.isclose(image_pull / text_pull, 10.0, rtol=1e-5)
     # ...and 100x harder than a masked token of unpaired text.
     unpaired = jnp.array([TEXT_ONLY])
-    grad = jax.grad(lambda l: upgen.masked_loss(l, tokens, masked, unpaired, TINY)[0])(logits)
+    grad = jax.grad(lambda l: upgen.masked_loss(l, tokens, masked, unpaired, PAPER)[0])(logits)
     assert np.isclose(image_pull / jnp.linalg.norm(grad[0, 8]), 100.0, rtol=1e-5)
 
 

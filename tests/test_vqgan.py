@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-import data
+import shapes
 import vqgan
 
 SMALL = vqgan.VQGANConfig(image_size=16, filters=8, channel_multipliers=(1, 2, 2), num_res_blocks=1,
@@ -247,7 +247,7 @@ def test_bad_maskgit_checkpoints_fail_with_one_line(tmp_path):
 
 def test_tokens_round_trip_through_our_checkpoint(tmp_path):
     model = vqgan.init_vqgan(SMALL, seed=1)
-    images = data.shapes(4, seed=0, cfg=data.ShapesConfig(image_size=16))[0]
+    images = shapes.examples(4, seed=0, cfg=shapes.ShapesConfig(image_size=16))[0]
     ids = vqgan.encode_images(model, images)
     assert ids.shape == (4, 16) and ids.dtype == np.int32
     pictures = vqgan.decode_tokens(model, ids)

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-import data
+import shapes
 import vqgan
 import vqgan_train
 
@@ -39,7 +39,7 @@ def test_edge_term_counts_a_moved_outline_but_not_a_uniform_brightening():
 
 @pytest.mark.slow  # ~50 s on 2 busy cores, mostly compiling the training step
 def test_training_lowers_the_reconstruction_error(tmp_path):
-    images = data.shapes(64, seed=0, cfg=data.ShapesConfig(image_size=16, jitter=1))[0]
+    images = shapes.examples(64, seed=0, cfg=shapes.ShapesConfig(image_size=16, jitter=1))[0]
     before = vqgan.init_vqgan(SMALL, seed=0)
     train = vqgan_train.VQGANTrainConfig(steps=60, batch_size=8, warmup=5, restart_every=20)
     model = vqgan_train.train_vqgan(tmp_path / "v.eqx", SMALL, train, images=images)
@@ -57,9 +57,9 @@ def test_training_lowers_the_reconstruction_error(tmp_path):
 @pytest.mark.slow
 def test_five_minute_shapes_tokenizer_meets_its_targets(tmp_path):
     model = vqgan_train.train_vqgan(tmp_path / "vqgan.eqx")
-    images, _, labels = data.shapes(2000, seed=vqgan_train.HELD_OUT_SEED)
+    images, _, labels = shapes.examples(2000, seed=vqgan_train.HELD_OUT_SEED)
     psnr, usage, kept, distinct = vqgan_train.evaluate(model, images, labels)
-    misread = round((1 - kept) * len(images))  # pictures whose reconstruction data.read_picture reads otherwise
+    misread = round((1 - kept) * len(images))  # pictures whose reconstruction shapes.read_picture reads otherwise
     print(f"\n{len(images)} held-out pictures: PSNR {psnr:.2f} dB, {usage:.1%} of codes used, {misread} misread "
           f"({misread / len(images):.2%}), {distinct:.1f} distinct tokens per picture")
     assert psnr >= 30 and usage >= 0.25 and misread <= 0.005 * len(images), (psnr, usage, misread)
