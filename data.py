@@ -214,8 +214,9 @@ def tar_pairs(path, pictures=True):
                     picture = io.BytesIO(tar.extractfile(image).read())
                     picture.name = os.path.basename(image.name)  # for load_image's errors
                 yield name, picture, caption, why
-    except (tarfile.TarError, OSError) as e:  # a short read raises ReadError, a broken header a HeaderError
-        yield str(path), None, None, f"truncated or broken tar ({type(e).__name__}: {e}), the rest of it skipped"
+    except (tarfile.TarError, OSError) as e:  # a short read raises ReadError, so does a file that is no tar
+        why = str(e).splitlines()[-1].strip(" -")  # tarfile lists each compression it tried: the last is plain tar
+        yield str(path), None, None, f"truncated or broken tar ({type(e).__name__}: {why}), the rest of it skipped"
 
 
 def picture_files(folder):

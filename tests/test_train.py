@@ -121,8 +121,8 @@ def test_two_hosts_reading_only_their_own_shards_train_exactly_like_one_host(tmp
 def start_train(out, vq, *flags):
     """`python train.py` on a tiny model in a subprocess (compiled at XLA's quickest optimisation level)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-    command = [sys.executable, str(ROOT / "train.py"), "--out", str(out), "--vqgan", vq, "--batch", "8",
-               "--log-every", "5", "--samples", "0", *TINY_MODEL, *flags]
+    command = [sys.executable, str(ROOT / "train.py"), "--out", str(out), *(["--vqgan", vq] if vq else []),
+               "--batch", "8", "--log-every", "5", "--samples", "0", *TINY_MODEL, *flags]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -188,6 +188,41 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
     log = (tmp_path / "tar" / "train.log").read_text()
     assert "pools [5, 5, 5]" in log and "skipped 0 " in log  # no corpus: the captions are the text
     assert (tmp_path / "tar" / "upgen.eqx").exists() and (tmp_path / "tar" / "samples.png").exists()
+
+
+def test_a_folder_of_user_pictures_never_gets_the_shapes_tokenizer(tmp_path, tiny_vqgan, monkeypatch):
+    import shutil
+    import train
+    import vqgan
+    write_pairs(tmp_path / "pairs", 12)
+    trained_on = []
+
+    def train_vqgan(path, train, images):  # stands in for minutes of training: a tiny tokenizer of the right kind
+        trained_on.append(images)
+        shutil.copyfile(tiny_vqgan, path)
+        return vqgan.load_vqgan(path)
+
+    monkeypatch.setattr(vqgan, "train_vqgan", train_vqgan)
+    logs = {}
+    for run, given, images in (("yours", "", "pairs"), ("given", tiny_vqgan, "pairs"), ("shapes", "", "")):
+        (tmp_path / run).mkdir()
+        logs[run] = []
+        train.image_tokenizer(tmp_path / run, given, str(tmp_path / images) if images else "", 1.0, logs[run].append)
+        shapes_tokenizer = (tmp_path / run / "vqgan.eqx").read_bytes() == train.SHAPES_VQGAN.read_bytes()
+        assert shapes_tokenizer == (run == "shapes"), logs[run]
+    assert len(trained_on) == 1 and trained_on[0].shape == (11, 64, 64, 3)  # one of the 12 pictures held out
+    assert "training one on 11 of your pictures" in logs["yours"][0] and "PSNR" in logs["yours"][1]
+    assert logs["given"] == [f"image tokenizer: copying {tiny_vqgan} to {tmp_path / 'given' / 'vqgan.eqx'}"]
+
+
+@pytest.mark.slow
+def test_user_pictures_train_a_tokenizer_of_their_own_and_report_its_psnr(tmp_path):
+    write_pairs(tmp_path / "pairs", 40)
+    finish_train(start_train(tmp_path / "run", "", "--images", str(tmp_path / "pairs"), "--steps", "2",
+                             "--minutes", "0.5"))  # 15 s of tokenizer training
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "training one on 36 of your pictures" in log and "4 held-out pictures of yours at PSNR" in log
+    assert (tmp_path / "run" / "upgen.eqx").exists()
 
 
 def test_tpu_flag_without_tpus_exits_with_one_line():
