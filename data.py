@@ -10,6 +10,7 @@ Read next: vqgan.py (pictures -> tokens), then upgen.py (the model).
 """
 
 import argparse
+import functools
 import io
 import itertools
 import json
@@ -266,9 +267,13 @@ class Tokenizer:
     def vocab_size(self):
         return N_SPECIAL + N_BYTES + len(self.words)
 
+    @functools.cached_property
+    def word_ids(self):  # built once: per call it cost ~1 ms a caption at 8192 words, 0.01 ms once cached
+        return {w: N_SPECIAL + N_BYTES + i for i, w in enumerate(self.words)}
+
     def encode(self, text):
         """str -> int32 (length,): lower-cased words; unknown words as bytes; then PAD."""
-        index = {w: N_SPECIAL + N_BYTES + i for i, w in enumerate(self.words)}
+        index = self.word_ids
         ids = []
         for word in WORD.findall(text.lower()):
             if word in index:
