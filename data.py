@@ -3,7 +3,9 @@
 The built-in shapes world lives in shapes.py. Read next: vqgan.py (pictures -> tokens), then upgen.py.
 """
 
+import functools
 import io
+import itertools
 import json
 import os
 import re
@@ -16,9 +18,10 @@ import numpy as np
 from PIL import Image
 
 # ----------------------------------------------------------------------------------------------
-# Image-text files on disk
+# Image-text files on disk, streamed one pair at a time (shards.py tokenises them into shards)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+MIN_SIDE = 16  # smaller pictures (1x1 tracking pixels, icons) would be upscaled into a blur: not worth learning
 
 
 def load_image(file, size):
@@ -30,64 +33,66 @@ def load_image(file, size):
     except Exception as e:  # pillow raises many kinds of errors on broken files
         raise ValueError(f"cannot read image {name}: {type(e).__name__}") from None
     w, h = picture.size
+    if min(w, h) < MIN_SIDE:
+        raise ValueError(f"image {name} of {w}x{h} pixels is too small (under {MIN_SIDE})")
     side = min(w, h)
     box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
     return np.asarray(picture.resize((size, size), Image.Resampling.BICUBIC, box=box))
 
 
-def _pairs_in_tar(tar_path):
-    """(key, image file object, caption) for each WebDataset sample: members key.jpg + key.txt."""
-    with tarfile.open(tar_path) as tar:
-        members = {}
-        for member in tar.getmembers():
-            if member.isfile():
-                key, suffix = os.path.splitext(member.name)
-                members.setdefault(key, {})[suffix.lower()] = member
-        for key in sorted(members):
-            files = members[key]
-            image = next((files[s] for s in IMAGE_SUFFIXES if s in files), None)
-            caption = tar.extractfile(files[".txt"]).read().decode("utf-8", "replace") if ".txt" in files else None
-            yield f"{tar_path}:{key}", image and io.BytesIO(tar.extractfile(image).read()), caption
+def _caption(raw: bytes):
+    """-> (caption, "") or (None, why it is skipped)."""
+    try:
+        caption = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None, "caption is not UTF-8"
+    return (caption, "") if caption else (None, "empty caption")
 
 
-def _pairs_in_folder(folder):
-    for path in sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+def tar_pairs(path, pictures=True):
+    """(name, picture file object, caption, why) per sample of a WebDataset .tar (key.jpg + key.txt, the members of
+    a key next to each other), in order. why is "" for a good pair, else the reason to skip it (picture and caption
+    None); a truncated or broken tar ends with one such skip. pictures=False reads captions only (picture None)."""
+    try:
+        with tarfile.open(path) as tar:
+            files = (m for m in tar if m.isfile())
+            for key, members in itertools.groupby(files, lambda m: os.path.splitext(m.name)[0]):
+                name, members = f"{path}:{key}", {os.path.splitext(m.name)[1].lower(): m for m in members}
+                image = next((members[s] for s in IMAGE_SUFFIXES if s in members), None)
+                if image is None or ".txt" not in members:
+                    yield name, None, None, f"no {'picture' if image is None else 'caption'}"
+                    continue
+                caption, why = _caption(tar.extractfile(members[".txt"]).read())
+                picture = None
+                if pictures and not why:
+                    picture = io.BytesIO(tar.extractfile(image).read())
+                    picture.name = os.path.basename(image.name)  # for load_image's errors
+                yield name, picture, caption, why
+    except (tarfile.TarError, OSError) as e:  # a short read raises ReadError, so does a file that is no tar
+        why = str(e).splitlines()[-1].strip(" -")  # tarfile lists each compression it tried: the last is plain tar
+        yield str(path), None, None, f"truncated or broken tar ({type(e).__name__}: {why}), the rest of it skipped"
+
+
+def picture_files(folder):
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def folder_pairs(paths, pictures=True):
+    """The same for picture files, each with its caption beside it (a.jpg + a.txt: img2dataset's files layout)."""
+    for path in paths:
         text = path.with_suffix(".txt")
-        yield str(path), path, text.read_text("utf-8", "replace") if text.exists() else None
-
-
-def image_text_pairs(path, image_size):
-    """Image-caption pairs from a folder (a.jpg + a.txt, img2dataset's layout), a WebDataset .tar shard
-    or a folder of shards -> (images uint8 (n, S, S, 3), captions, skipped "name: why" strings)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no data at {path}: give a folder of images with .txt captions or .tar shards")
-    shards = [path] if path.is_file() else sorted(path.rglob("*.tar"))
-    sources = [_pairs_in_tar(s) for s in shards] if shards else [_pairs_in_folder(path)]
-    images, captions, skipped = [], [], []
-    for source in sources:
-        for name, file, caption in source:
-            if file is None or caption is None:
-                skipped.append(f"{name}: no {'image' if file is None else 'caption'}")
-                continue
-            try:
-                images.append(load_image(file, image_size))
-                captions.append(caption.strip())
-            except ValueError as e:
-                skipped.append(f"{name}: {e}")
-    if not images:
-        raise ValueError(f"no readable image-caption pairs in {path} ({len(skipped)} skipped)")
-    return np.stack(images), captions, skipped
+        caption, why = _caption(text.read_bytes()) if text.exists() else (None, "no caption")
+        yield str(path), path if pictures and not why else None, caption, why
 
 
 def text_lines(path):
-    """Unpaired text: one document per non-empty line, from a .txt file or a folder of them."""
+    """Unpaired text, streamed: one document per non-empty line, from a .txt file or a folder of them."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no text at {path}: give a .txt file or a folder of them")
-    files = [path] if path.is_file() else sorted(path.rglob("*.txt"))
-    lines = [line.strip() for f in files for line in f.read_text("utf-8", "replace").splitlines()]
-    return [line for line in lines if line]
+    for file in [path] if path.is_file() else sorted(path.rglob("*.txt")):
+        with open(file, encoding="utf-8", errors="replace") as f:
+            yield from (line.strip() for line in f if line.strip())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,9 +120,13 @@ class Tokenizer:
     def vocab_size(self):
         return N_SPECIAL + N_BYTES + len(self.words)
 
+    @functools.cached_property
+    def word_ids(self):  # built once: per call it cost ~1 ms a caption at 8192 words, 0.01 ms once cached
+        return {w: N_SPECIAL + N_BYTES + i for i, w in enumerate(self.words)}
+
     def encode(self, text):
         """str -> int32 (length,): lower-cased words; unknown words as bytes; then PAD."""
-        index = {w: N_SPECIAL + N_BYTES + i for i, w in enumerate(self.words)}
+        index = self.word_ids
         ids = []
         for word in WORD.findall(text.lower()):
             if word in index:
@@ -139,11 +148,17 @@ class Tokenizer:
 
 
 def build_tokenizer(texts, length=16, max_words=8192):
-    """The max_words most frequent words of texts (ties in first-seen order) as a Tokenizer."""
+    """The max_words most frequent words of texts (ties in first-seen order) as a Tokenizer.
+
+    Streams texts with bounded memory: past 16 * max_words distinct words, the rarer half of the counts is
+    dropped (the frequent words of a large corpus stay, a rare word's count restarts), first-seen order kept."""
     counts = {}
     for text in texts:
         for word in WORD.findall(text.lower()):
             counts[word] = counts.get(word, 0) + 1
+        if len(counts) > 16 * max_words:
+            keep = set(sorted(counts, key=lambda w: -counts[w])[:8 * max_words])
+            counts = {w: c for w, c in counts.items() if w in keep}
     words = sorted(counts, key=lambda w: -counts[w])[:max_words]
     return Tokenizer(tuple(words), length)
 

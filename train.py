@@ -1,6 +1,6 @@
 """Train UPGen, data parallel, from a laptop CPU to a TPU pod with the same code.
 
-    python train.py                       # shapes world: image tokenizer, token cache, UPGen (~10 min, 2 cores)
+    python train.py                       # shapes world: image tokenizer, token shards, UPGen (~10 min, 2 cores)
     python train.py --images DIR --text corpus.txt --out runs/mine   # your image-caption pairs + text
     python train.py --resume              # continue the last run in --out exactly where it stopped
     python train.py --bench               # train step tokens/s and model FLOPs utilisation
@@ -11,7 +11,7 @@ One jitted step holds loss, gradient, clipping and AdamW. Every device gets a sl
 """
 import argparse
 import dataclasses
-import hashlib
+import itertools
 import math
 import os
 import shutil
@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import data
 import sample
-import shapes
+import shards
 import upgen
 import vqgan
 import vqgan_train
@@ -59,65 +59,59 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Data: pictures -> VQGAN codes once (cached on disk), captions -> text ids, then token pools per kind
+# Data: pictures and text -> token shards on disk once (shards.py), then batches drawn from them memory-mapped
+
+SHAPES_VQGAN = Path(__file__).parent / "checkpoints/shapes/vqgan.eqx"  # knows the shapes world's colours only
+TOKENIZER_PICTURES = 5000  # the sample of a user's pictures a tokenizer of their own trains on (~60 MB at 64x64)
 
 
-def image_tokenizer(out: Path, shipped: Path, images: str, minutes: float, log):
-    """The frozen VQGAN: out/vqgan.eqx, else a copy of the shipped one, else train one on the run's
-    pictures (the shapes world when images == ""), in at most half the run's budget (0 = no budget)."""
+def image_tokenizer(out: Path, given: str, images: str, minutes: float, log):
+    """The frozen VQGAN, kept as out/vqgan.eqx: the one there, else a copy of `given`, else for the shapes world the
+    shipped shapes tokenizer, else one trained on a sample of the run's own pictures in at most half the run's
+    budget (0 = no budget): the shapes tokenizer would turn them into blobs of its six colours."""
     path = out / "vqgan.eqx"
-    if not path.exists() and shipped.exists():
-        log(f"image tokenizer: copying {shipped} to {path}")
+    source = Path(given) if given else None if images else SHAPES_VQGAN
+    if path.exists():
+        log(f"image tokenizer: {path}, already in the run folder")
+    elif source:
+        log(f"image tokenizer: copying {source} to {path}")
         tmp = path.with_name(f"vqgan.eqx.{jax.process_index()}.tmp")  # hosts may share the folder
-        shutil.copyfile(shipped, tmp)
+        shutil.copyfile(source, tmp)
         os.replace(tmp, path)
-    if not path.exists():
+    else:
         if jax.process_count() > 1:
-            raise ValueError(f"no image tokenizer at {path} or {shipped}: train one on one host first "
-                             f"(python vqgan.py, or python train.py --out {out})")
-        log(f"image tokenizer: none found, training one into {path}")
+            raise ValueError(f"no image tokenizer at {path}: give --vqgan, or train one on one host first "
+                             f"(python train.py --images {images} --out {out})")
         size = vqgan.VQGANConfig().image_size
+        files = shards.input_files(images, shards.ShardsConfig.shard_size)
+        decoded = (shards.decode_pair(*pair, size) for f in files for pair in shards.pairs(f))
+        good = (picture for picture, _, why in decoded if not why)
+        pictures = np.stack(list(itertools.islice(good, TOKENIZER_PICTURES)))  # (n, S, S, 3)
+        held_out = pictures[:max(1, len(pictures) // 10)]  # (k, S, S, 3), never trained on
+        log(f"image tokenizer: none given (--vqgan), training one on {len(pictures) - len(held_out)} of your "
+            f"pictures into {path}")
         budget = vqgan_train.VQGANTrainConfig(max_minutes=minutes / 2 if minutes else None)
-        vqgan_train.train_vqgan(path, train=budget, images=data.image_text_pairs(images, size)[0] if images else None)
+        train_pictures = pictures[len(held_out):] if len(pictures) > 1 else pictures
+        vq = vqgan_train.train_vqgan(path, train=budget, images=train_pictures)
+        again = vqgan.decode_tokens(vq, vqgan.encode_images(vq, held_out))
+        psnr = 10 * np.log10(255 ** 2 / np.mean((again.astype(np.float64) - held_out) ** 2))
+        log(f"image tokenizer: {path} reconstructs {len(held_out)} held-out pictures of yours at PSNR {psnr:.1f} dB")
     return vqgan.load_vqgan(path), path
 
 
-def load_corpus(tcfg: TrainConfig, vq, vq_path: Path, out: Path, log, *, process=0, processes=1):
-    """-> (all captions, all unpaired text, this process's image codes, its caption indices).
+def load_corpus(tcfg: TrainConfig, vq_path: Path, folder: Path, out: Path, text_tokens: int, log, *, process=0,
+                processes=1):
+    """-> (the text tokenizer of the shards, this process's image shards, its text shards), memory-mapped.
 
-    Every host reads all captions (the text tokenizer must be the same everywhere) but encodes only its
-    own slice of the pictures, every processes-th one; the codes are cached in out/, keyed by the data
-    source and the VQGAN file, so a second run (or a resume) reads tokens, not pixels."""
-    source = tcfg.images or f"shapes:{tcfg.shapes}:{tcfg.seed}"
-    key = f"{source}|{hashlib.sha256(vq_path.read_bytes()).hexdigest()}|{process}/{processes}"
-    cache = out / f"tokens_{process}of{processes}.npz"
-    text = data.text_lines(tcfg.text) if tcfg.text else []
-    if cache.exists():
-        with np.load(cache) as f:
-            if str(f["key"]) == key:
-                log(f"token cache: {cache}")
-                return list(f["captions"]), text, f["codes"], f["rows"]
-    if tcfg.images:
-        images, captions, skipped = data.image_text_pairs(tcfg.images, vq.cfg.image_size)
-        if skipped:
-            log(f"skipped {len(skipped)} unreadable example(s): " + "; ".join(skipped))
-    else:
-        images, captions, _ = shapes.examples(tcfg.shapes, tcfg.seed)
-    rows = np.arange(process, len(images), processes)
-    codes = vqgan.encode_images(vq, images[rows])
-    with open(cache.with_name(cache.name + ".tmp"), "wb") as f:
-        np.savez(f, key=key, captions=np.array(captions), codes=codes, rows=rows)
-    os.replace(cache.with_name(cache.name + ".tmp"), cache)
-    log(f"tokenised {len(rows)} images into {cache}")
-    return captions, text, codes, rows
-
-
-def token_pools(codes, caption_ids, text_ids, cfg: upgen.UPGenConfig):
-    """Model-token pools (n_k, L) for the three kinds: paired, image-only (same images), text-only."""
-    paired = upgen.make_sequence(codes, caption_ids, cfg)
-    image_only = upgen.make_sequence(codes, None, cfg)
-    text_only = upgen.make_sequence(None, text_ids, cfg)
-    return tuple(np.asarray(pool) for pool in (paired, image_only, text_only))
+    Tokenises first what folder lacks (shards.py): each process only its own input files. The shapes world takes
+    the same path as any dataset: rendered into out/shapes/ as .tar shards, then tokenised."""
+    cfg = shards.ShardsConfig(text_tokens=text_tokens)
+    source = tcfg.images
+    if not source:
+        tars = shards.render_shapes(out / "shapes", tcfg.shapes, tcfg.seed, cfg, process=process, processes=processes)
+        source = f"{out / 'shapes'}/shapes-{{00000..{len(tars) - 1:05d}}}.tar"
+    shards.tokenise(source, vq_path, folder, cfg, text=tcfg.text, process=process, processes=processes, log=log)
+    return shards.open_shards(folder, vq_path, process, processes)
 
 
 def kind_counts(batch: int, mix) -> tuple:
@@ -127,15 +121,32 @@ def kind_counts(batch: int, mix) -> tuple:
     return tuple(counts)
 
 
-def local_batch(pools, step: int, counts, *, seed: int, process: int = 0):
+def draw(arrays, n, rng):
+    """n rows drawn with replacement, uniformly over all rows of some (memory-mapped) arrays -> (n, ...)."""
+    ends = np.cumsum([len(a) for a in arrays])
+    rows = rng.integers(ends[-1], size=n)
+    which = np.searchsorted(ends, rows, side="right")
+    out = np.empty((n, *arrays[0].shape[1:]), arrays[0].dtype)
+    for i in np.unique(which):  # reads only the drawn rows' pages
+        out[which == i] = arrays[i][rows[which == i] - ends[i] + len(arrays[i])]
+    return out
+
+
+def local_batch(corpus, step: int, counts, cfg: upgen.UPGenConfig, *, seed: int, process: int = 0):
     """This host's rows of step's batch: tokens int32 (b, L), kinds int32 (b,).
 
-    A pure function of (seed, step, process), drawn with replacement from this host's own pools: a
-    resumed run sees exactly the batches it would have seen, and no host reads another's data."""
+    corpus = (image shards (n_s, image_tokens + text_tokens), text shards (n_s, text_tokens)), this host's own.
+    A pure function of (seed, step, process), drawn with replacement: a resumed run sees exactly the batches it
+    would have seen, and no host reads another's data."""
+    images, texts = corpus
+    paired, image_only, text_only = counts
     rng = np.random.default_rng([seed, step, process])
-    tokens = np.concatenate([pool[rng.integers(len(pool), size=c)] for pool, c in zip(pools, counts) if c])
-    kinds = np.concatenate([np.full(c, kind, np.int32) for kind, c in zip(KINDS, counts) if c])
-    return tokens, kinds
+    pictures = draw(images, paired + image_only, rng).astype(np.int32)  # (paired + image_only, Ni + Nt)
+    codes, captions = pictures[:, :cfg.image_tokens], pictures[:paired, cfg.image_tokens:]
+    tokens = np.concatenate([upgen.make_sequence(codes[:paired], captions, cfg),
+                             upgen.make_sequence(codes[paired:], None, cfg),
+                             upgen.make_sequence(None, draw(texts, text_only, rng).astype(np.int32), cfg)])
+    return tokens, np.repeat(np.array(KINDS, np.int32), counts)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -294,25 +305,21 @@ def train(args):
         + ("the step count is set from the measured step time" if not tcfg.steps else
            f"stops early at the budget, else after {tcfg.steps} steps") if minutes else
         f"no time budget: {tcfg.steps} steps")
-    vq, vq_path = image_tokenizer(out, Path(args.vqgan), tcfg.images, minutes, log)
-    captions, text, codes, rows = load_corpus(tcfg, vq, vq_path, out, log, process=process, processes=processes)
-    if not args.resume:
-        tokenizer = data.build_tokenizer(captions + text, length=args.text_tokens)
+    vq, vq_path = image_tokenizer(out, args.vqgan, tcfg.images, minutes, log)
+    text_tokens = mcfg.text_tokens if args.resume else args.text_tokens
+    shards_tokenizer, *corpus = load_corpus(tcfg, vq_path, Path(args.shards or out / "shards"), out, text_tokens, log,
+                                            process=process, processes=processes)
+    if not args.resume:  # the shards' vocabulary, and the caption-length prior of sample.write_text counted over
+        #                  this host's captions (process 0's is saved)
+        tokenizer = shards_tokenizer
         objective = upgen.PAPER_OBJECTIVE if args.paper_objective else dict(
             paired_text_weight=args.paired_text_weight, unpaired_text_weight=args.unpaired_text_weight)
-        mcfg = upgen.UPGenConfig(image_codes=vq.cfg.codebook_size, image_tokens=codes.shape[1],
+        mcfg = upgen.UPGenConfig(image_codes=vq.cfg.codebook_size, image_tokens=vq.cfg.tokens_per_side ** 2,
                                  text_vocab=tokenizer.vocab_size, text_tokens=args.text_tokens,
                                  width=args.width, depth=args.depth, heads=args.heads, mlp=args.mlp,
                                  compute_dtype=args.compute_dtype, **objective)
-    all_caption_ids = np.stack([tokenizer.encode(c) for c in captions])  # every host holds every caption
-    caption_ids = all_caption_ids[rows]
-    if not args.resume:  # the caption-length prior of sample.write_text (the model never predicts PAD),
-        #                    counted over every caption, so all hosts agree
-        counts = np.bincount((all_caption_ids != data.PAD).sum(1), minlength=args.text_tokens + 1)[1:]
-        tokenizer = dataclasses.replace(tokenizer, caption_lengths=tuple(counts.tolist()))
-    # Unpaired text: the corpus if given, else the captions on their own (this host's slice of either).
-    unpaired = text[process::processes] if text else [captions[i] for i in rows]
-    pools = token_pools(codes, caption_ids, np.stack([tokenizer.encode(t) for t in unpaired]), mcfg)
+    elif tokenizer.words != shards_tokenizer.words:
+        raise ValueError(f"the shards in {args.shards or out / 'shards'} have another vocabulary than the run's")
 
     optimizer, mesh = make_optimizer(tcfg), make_mesh()
     init_key, train_key = jax.random.split(jax.random.key(tcfg.seed))
@@ -321,13 +328,15 @@ def train(args):
     model, opt_state = replicate((model, opt_state), mesh)
     counts = kind_counts(tcfg.batch // processes, tcfg.mix)
     log(f"UPGen {upgen.count_params(model) / 1e6:.2f}M params; {mcfg}")
-    log(f"{tcfg}; {len(jax.devices())} devices, {processes} host(s); pools {[len(p) for p in pools]}")
+    images, texts = corpus
+    log(f"{tcfg}; {len(jax.devices())} devices, {processes} host(s); pools "
+        f"{[sum(map(len, images)), sum(map(len, images)), sum(map(len, texts))]}")
 
     stop_after = start + args.stop_after if args.stop_after else math.inf
     bar = tqdm(initial=start, total=tcfg.steps or None, disable=process != 0, desc="train")
     step, pending, clock = start, [], None
     while step < min(tcfg.steps or math.inf, stop_after):
-        tokens, kinds = global_batch(mesh, *local_batch(pools, step, counts, seed=tcfg.seed, process=process))
+        tokens, kinds = global_batch(mesh, *local_batch(corpus, step, counts, mcfg, seed=tcfg.seed, process=process))
         model, opt_state, loss, metrics = train_step(model, opt_state, tokens, kinds,
                                                      jnp.float32(learning_rate(step, tcfg)),
                                                      jax.random.fold_in(train_key, step), optimizer, mesh)
@@ -370,7 +379,7 @@ def train(args):
         upgen.save_upgen(out / "upgen.eqx", model, tokenizer)
         log(f"wrote {out / 'upgen.eqx'}")
         if args.samples:
-            prompts = captions[:args.samples]
+            prompts = [tokenizer.decode(row[vq.cfg.tokens_per_side ** 2:]) for row in images[0][:args.samples]]
             write_samples(model, vq, tokenizer, prompts, out / "samples.png", key=jax.random.key(tcfg.seed))
             log("samples.png shows, left to right: " + "; ".join(prompts))
     return model
@@ -379,9 +388,14 @@ def train(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d, m = TrainConfig(), upgen.UPGenConfig(image_codes=0, text_vocab=0)
-    p.add_argument("--out", default="runs/shapes", help="run folder: vqgan.eqx, tokens_*.npz, state_<step>.eqx, upgen.eqx, train.log")
-    p.add_argument("--vqgan", default="checkpoints/shapes/vqgan.eqx", help="image tokenizer to copy into --out when it has none")
-    p.add_argument("--images", default=d.images, help="image-caption pairs: folder of a.jpg + a.txt, a .tar shard or a folder of shards (default: the shapes world)")
+    p.add_argument("--out", default="runs/shapes", help="run folder: vqgan.eqx, shards/, shapes/ (the shapes "
+                                                         "world's .tar), state_<step>.eqx, upgen.eqx, train.log")
+    p.add_argument("--vqgan", default="", help="image tokenizer to copy into --out when it has none (default: the "
+                                               "shapes one for the shapes world, one trained on yours for --images)")
+    p.add_argument("--shards", default="", help="token shards (shards.py), tokenised into it first when missing "
+                                                "(default: OUT/shards)")
+    p.add_argument("--images", default=d.images, help="image-caption pairs: folder of a.jpg + a.txt, a .tar, or "
+                                                      "comma-separated .tar globs or brace patterns (default: shapes)")
     p.add_argument("--shapes", type=int, default=d.shapes, help="shapes-world examples when --images is not given")
     p.add_argument("--text", default=d.text, help="unpaired text: a .txt file or folder, one document per line")
     p.add_argument("--mix", type=float, nargs=3, default=d.mix, metavar=("PAIRED", "IMAGE", "TEXT"), help="batch shares of paired, image-only and text-only examples")

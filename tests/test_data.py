@@ -62,37 +62,46 @@ def _png(image):
     return buffer.getvalue()
 
 
-def test_image_text_folders_and_tar_shards_skip_broken_images(tmp_path, world):
+def test_image_text_folders_and_tar_shards_stream_pairs_and_name_what_to_skip(tmp_path, world):
     images, captions, _ = world
     folder = tmp_path / "pairs"
     folder.mkdir()
     for i in range(3):
         (folder / f"{i}.png").write_bytes(_png(images[i]))
         (folder / f"{i}.txt").write_text(captions[i])
-    (folder / "3.jpg").write_bytes(b"not an image")
-    (folder / "3.txt").write_text("broken")
-    got, got_captions, skipped = data.image_text_pairs(folder, 64)
-    assert got.shape == (3, 64, 64, 3) and got_captions == captions[:3]
-    assert np.abs(got.astype(int) - images[:3]).max() <= 2  # PNG is lossless; resize to the same size
-    assert len(skipped) == 1 and "3.jpg" in skipped[0]
+    (folder / "3.png").write_bytes(_png(images[3]))  # no caption
+    (folder / "4.png").write_bytes(_png(images[4]))
+    (folder / "4.txt").write_bytes(b"caf\xe9")  # Latin-1, not UTF-8
+    got = list(data.folder_pairs(data.picture_files(folder)))
+    assert [why for *_, why in got] == ["", "", "", "no caption", "caption is not UTF-8"]
+    assert [caption for _, _, caption, why in got if not why] == captions[:3]
+    picture = data.load_image(got[0][1], 64)
+    assert picture.shape == (64, 64, 3) and np.abs(picture.astype(int) - images[0]).max() <= 2  # PNG is lossless
 
     shard = tmp_path / "shard.tar"
     with tarfile.open(shard, "w") as tar:
-        for i in range(2):
-            for name, payload in ((f"{i:05d}.png", _png(images[i])), (f"{i:05d}.txt", captions[i].encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-    got, got_captions, skipped = data.image_text_pairs(shard, 32)
-    assert got.shape == (2, 32, 32, 3) and got_captions == captions[:2] and not skipped
-
-    with pytest.raises(FileNotFoundError, match="no data"):
-        data.image_text_pairs(tmp_path / "nowhere", 64)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no readable"):
-        data.image_text_pairs(tmp_path / "empty", 64)
+        for name, payload in (("a.png", _png(images[0])), ("a.txt", captions[0].encode()), ("b.txt", b"alone")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    got = list(data.tar_pairs(shard))
+    assert [(name, caption, why) for name, _, caption, why in got] == [
+        (f"{shard}:a", captions[0], ""), (f"{shard}:b", None, "no picture")]
+    assert np.array_equal(data.load_image(got[0][1], 64), picture)
+    assert [picture for _, picture, _, _ in data.tar_pairs(shard, pictures=False)] == [None, None]
+    with pytest.raises(ValueError, match="too small"):
+        data.load_image(io.BytesIO(_png(images[0][:1, :1])), 64)
 
 
 def test_text_corpus_is_one_document_per_line(tmp_path):
     (tmp_path / "a.txt").write_text("first line\n\n  second line  \n")
-    assert data.text_lines(tmp_path / "a.txt") == ["first line", "second line"]
+    assert list(data.text_lines(tmp_path / "a.txt")) == ["first line", "second line"]
+    with pytest.raises(FileNotFoundError, match="no text"):
+        next(data.text_lines(tmp_path / "missing.txt"))
+
+
+def test_the_vocabulary_count_is_bounded_and_keeps_the_frequent_words():
+    rare = (f"w{i}" for i in range(5000))  # 5000 words seen once, far past 16 x max_words distinct ones
+    texts = (f"red blue red {word}" if i % 2 else f"blue {word}" for i, word in enumerate(rare))
+    tokenizer = data.build_tokenizer(texts, max_words=8)
+    assert tokenizer.words[:2] == ("blue", "red") and len(tokenizer.words) == 8

@@ -21,11 +21,12 @@ STEPS, HOSTS = 3, 2  # the workers' data always comes from 2 data hosts, whoever
 TINY_MODEL = ["--width", "32", "--depth", "1", "--heads", "2", "--mlp", "64", "--text-tokens", "16"]
 
 
-def worker(out, devices, processes, process, port):
-    """Trains a tiny UPGen 3 steps on synthetic tokens and saves its parameters and losses to out.
+def worker(out, devices, processes, process, port, vq_path, tars):
+    """Trains a tiny UPGen 3 steps from token shards of 4 .tar files and saves its parameters and losses to out.
 
-    The global batch is the same in every set-up: data host h holds every HOSTS-th example from h and
-    draws its rows with train.local_batch; a process computes the rows of the data hosts it stands for."""
+    The global batch is the same in every set-up: data host h of HOSTS tokenises its own .tar files (h, h + 2)
+    into a folder of its own, reads only those shards and draws its rows with train.local_batch; a process
+    computes the rows of the data hosts it stands for."""
     # Optimisation level 0 halves XLA's compile time, which is most of a tiny worker's run.
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
     import jax
@@ -33,25 +34,29 @@ def worker(out, devices, processes, process, port):
         jax.distributed.initialize(f"localhost:{port}", processes, process)
     import equinox as eqx
     import jax.numpy as jnp
+    import shards
     import train
     import upgen
 
-    cfg = upgen.UPGenConfig(image_codes=16, image_tokens=8, text_vocab=40, text_tokens=4,
+    mine = range(process * HOSTS // processes, (process + 1) * HOSTS // processes)
+    corpora = []
+    for h in mine:
+        folder = Path(out).with_suffix("") / f"host{h}"
+        shards.tokenise(tars, vq_path, folder, shards.ShardsConfig(text_tokens=10), process=h, processes=HOSTS)
+        tokenizer, *corpus = shards.open_shards(folder, vq_path, h, HOSTS)
+        assert sorted(p.name for p in folder.glob("*.npy")) == [f"images-{i:05d}.npy" for i in (h, h + 2)]
+        corpora.append(corpus)
+    # 10 text tokens: every shapes caption fits, the 8-word ones end in PAD, which must not count
+    cfg = upgen.UPGenConfig(image_codes=16, image_tokens=16, text_vocab=tokenizer.vocab_size, text_tokens=10,
                             width=16, depth=2, heads=2, mlp=32)
     tcfg = train.TrainConfig(batch=16, lr=1e-2, warmup=1, steps=10)
-    rng = np.random.default_rng(0)
-    codes = rng.integers(cfg.image_codes, size=(64, cfg.image_tokens))
-    texts = rng.integers(2, cfg.text_vocab, size=(64, cfg.text_tokens))
-    texts[:, 3:] = 0  # PAD the last slot: padding must not count
-    pools = train.token_pools(codes, texts, texts, cfg)
-    mine = range(process * HOSTS // processes, (process + 1) * HOSTS // processes)
     counts = train.kind_counts(tcfg.batch // HOSTS, tcfg.mix)
 
     mesh, optimizer = train.make_mesh(), train.make_optimizer(tcfg)
     model, opt_state = train.replicate(train.init_state(cfg, tcfg, optimizer, key=jax.random.key(1)), mesh)
     losses = []
     for step in range(STEPS):
-        rows = [train.local_batch([p[h::HOSTS] for p in pools], step, counts, seed=0, process=h) for h in mine]
+        rows = [train.local_batch(corpus, step, counts, cfg, seed=0, process=h) for h, corpus in zip(mine, corpora)]
         tokens, kinds = train.global_batch(mesh, *(np.concatenate(x) for x in zip(*rows)))
         model, opt_state, loss, _ = train.train_step(model, opt_state, tokens, kinds, jnp.float32(1e-2),
                                                      jax.random.key(step), optimizer, mesh)
@@ -65,15 +70,17 @@ def worker(out, devices, processes, process, port):
         np.savez(out, losses=np.array(losses), *leaves)
 
 
-def start_workers(tmp_path, devices, processes):
+def start_workers(tmp_path, devices, processes, vq_path, tars):
     """Starts the workers of one set-up (they run alongside other set-ups); returns what finish needs."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     out = tmp_path / f"{devices}x{processes}.npz"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, __file__, str(out), str(devices), str(processes), str(i), str(port)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(processes)]
+    source = ",".join(map(str, tars))
+    procs = [subprocess.Popen([sys.executable, __file__, str(out), str(devices), str(processes), str(i), str(port),
+                               vq_path, source], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for i in range(processes)]
     return out, procs
 
 
@@ -94,15 +101,17 @@ def assert_same_training(a, b):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
-def test_eight_devices_train_exactly_like_one(tmp_path):
-    one, eight = start_workers(tmp_path, devices=1, processes=1), start_workers(tmp_path, devices=8, processes=1)
+def test_eight_devices_train_exactly_like_one(tmp_path, tiny_vqgan_16, shapes_tars):
+    one = start_workers(tmp_path, 1, 1, tiny_vqgan_16, shapes_tars)
+    eight = start_workers(tmp_path, 8, 1, tiny_vqgan_16, shapes_tars)
     one, eight = finish(one), finish(eight)
     assert_same_training(one, eight)
     assert one[0][-1] < one[0][0]  # it did learn something: the comparison is not of untouched weights
 
 
-def test_two_hosts_train_exactly_like_one_host_with_their_devices(tmp_path):
-    one_host, two_hosts = start_workers(tmp_path, devices=4, processes=1), start_workers(tmp_path, devices=2, processes=2)
+def test_two_hosts_reading_only_their_own_shards_train_exactly_like_one_host(tmp_path, tiny_vqgan_16, shapes_tars):
+    one_host = start_workers(tmp_path, 4, 1, tiny_vqgan_16, shapes_tars)
+    two_hosts = start_workers(tmp_path, 2, 2, tiny_vqgan_16, shapes_tars)
     assert_same_training(finish(one_host), finish(two_hosts))
 
 
@@ -110,23 +119,11 @@ def test_two_hosts_train_exactly_like_one_host_with_their_devices(tmp_path):
 # The real command line, in process, on tiny data
 
 
-@pytest.fixture(scope="module")
-def tiny_vqgan(tmp_path_factory):
-    """An untrained small VQGAN (8x8 codes of 64x64 pictures): training only needs deterministic codes."""
-    import jax
-    import vqgan
-    path = tmp_path_factory.mktemp("vq") / "vqgan.eqx"
-    cfg = vqgan.VQGANConfig(filters=8, channel_multipliers=(1, 1, 1, 1), embedding_dim=8, codebook_size=32,
-                            norm_groups=4)
-    vqgan.save_vqgan(path, vqgan.VQGAN(cfg, key=jax.random.key(0)))
-    return str(path)
-
-
 def start_train(out, vq, *flags):
     """`python train.py` on a tiny model in a subprocess (compiled at XLA's quickest optimisation level)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-    command = [sys.executable, str(ROOT / "train.py"), "--out", str(out), "--vqgan", vq, "--batch", "8",
-               "--log-every", "5", "--samples", "0", *TINY_MODEL, *flags]
+    command = [sys.executable, str(ROOT / "train.py"), "--out", str(out), *(["--vqgan", vq] if vq else []),
+               "--batch", "8", "--log-every", "5", "--samples", "0", *TINY_MODEL, *flags]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -144,6 +141,8 @@ def test_resume_continues_exactly(tmp_path, tiny_vqgan):
     finish_train(straight, split)
     assert [p.name for p in train.state_files(tmp_path / "split")] == ["state_10.eqx"]
     finish_train(start_train(tmp_path / "split", tiny_vqgan, "--resume"))
+    log = (tmp_path / "split" / "train.log").read_text()  # tokenised once, into shards the resumed run reads
+    assert log.count("tokenising 1 of 1 input files") == 1 and "token shards: " in log
     straight = train.load_state(tmp_path / "straight" / "state_20.eqx")
     split = train.load_state(tmp_path / "split" / "state_20.eqx")
     assert straight[0] == split[0] == 20
@@ -180,7 +179,7 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
                              "--steps", "2"),
                  start_train(tmp_path / "tar", tiny_vqgan, "--images", str(shard), "--steps", "2", "--samples", "2"))
     log = (tmp_path / "folder" / "train.log").read_text()
-    assert "skipped 1 unreadable example(s)" in log and "broken.png" in log
+    assert "skipped 1 " in log and "broken.png: cannot read image" in log
     assert "pools [5, 5, 3]" in log  # 5 good pictures, paired and alone; 3 documents of text
     import data
     import upgen
@@ -188,8 +187,44 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
     lengths = np.bincount([(tokenizer.encode(c) != data.PAD).sum() for c in captions], minlength=tokenizer.length + 1)
     assert tokenizer.caption_lengths == tuple(lengths[1:].tolist())
     log = (tmp_path / "tar" / "train.log").read_text()
-    assert "pools [5, 5, 5]" in log and "skipped" not in log  # no corpus: the captions are the text
+    assert "pools [5, 5, 5]" in log and "skipped 0 " in log  # no corpus: the captions are the text
     assert (tmp_path / "tar" / "upgen.eqx").exists() and (tmp_path / "tar" / "samples.png").exists()
+
+
+def test_a_folder_of_user_pictures_never_gets_the_shapes_tokenizer(tmp_path, tiny_vqgan, monkeypatch):
+    import shutil
+    import train
+    import vqgan
+    import vqgan_train
+    write_pairs(tmp_path / "pairs", 12)
+    trained_on = []
+
+    def train_vqgan(path, train, images):  # stands in for minutes of training: a tiny tokenizer of the right kind
+        trained_on.append(images)
+        shutil.copyfile(tiny_vqgan, path)
+        return vqgan.load_vqgan(path)
+
+    monkeypatch.setattr(vqgan_train, "train_vqgan", train_vqgan)
+    logs = {}
+    for run, given, images in (("yours", "", "pairs"), ("given", tiny_vqgan, "pairs"), ("shapes", "", "")):
+        (tmp_path / run).mkdir()
+        logs[run] = []
+        train.image_tokenizer(tmp_path / run, given, str(tmp_path / images) if images else "", 1.0, logs[run].append)
+        shapes_tokenizer = (tmp_path / run / "vqgan.eqx").read_bytes() == train.SHAPES_VQGAN.read_bytes()
+        assert shapes_tokenizer == (run == "shapes"), logs[run]
+    assert len(trained_on) == 1 and trained_on[0].shape == (11, 64, 64, 3)  # one of the 12 pictures held out
+    assert "training one on 11 of your pictures" in logs["yours"][0] and "PSNR" in logs["yours"][1]
+    assert logs["given"] == [f"image tokenizer: copying {tiny_vqgan} to {tmp_path / 'given' / 'vqgan.eqx'}"]
+
+
+@pytest.mark.slow
+def test_user_pictures_train_a_tokenizer_of_their_own_and_report_its_psnr(tmp_path):
+    write_pairs(tmp_path / "pairs", 40)
+    finish_train(start_train(tmp_path / "run", "", "--images", str(tmp_path / "pairs"), "--steps", "2",
+                             "--minutes", "0.5"))  # 15 s of tokenizer training
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "training one on 36 of your pictures" in log and "4 held-out pictures of yours at PSNR" in log
+    assert (tmp_path / "run" / "upgen.eqx").exists()
 
 
 def test_tpu_flag_without_tpus_exits_with_one_line():
@@ -218,5 +253,5 @@ def test_the_learning_rate_warms_up_then_decays_to_a_tenth_at_the_last_step():
 
 
 if __name__ == "__main__":
-    out, devices, processes, process, port = sys.argv[1:]
-    worker(out, int(devices), int(processes), int(process), int(port))
+    out, devices, processes, process, port, vq_path, tars = sys.argv[1:]
+    worker(out, int(devices), int(processes), int(process), int(port), vq_path, tars)
