@@ -195,6 +195,10 @@ def manifest_path(folder, process, processes):
     return Path(folder) / f"manifest-{process}of{processes}.json"
 
 
+def save_manifest(path, manifest):
+    write_file(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+
+
 def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0, processes=1, log=print):
     """Writes this process's token shards of source (and text) into folder, keeping those a previous run of the same
     source and VQGAN finished -> the process's manifest."""
@@ -226,8 +230,7 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
                     "complete": False}
     tokenizer = data.Tokenizer(tuple(manifest["words"]), cfg.text_tokens)
     folder.mkdir(parents=True, exist_ok=True)
-    save = lambda: write_file(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))  # noqa: E731
-    save()
+    save_manifest(path, manifest)
     done = {s["file"] for s in manifest["shards"] + manifest["text_shards"]}
     mine = [i for i in range(process, len(files), processes) if f"images-{i:05d}.npy" not in done]
     log(f"tokenising {len(mine)} of {len(files)} input files into {folder} (process {process} of {processes})")
@@ -237,17 +240,19 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
             write_file(folder / f"images-{i:05d}.npy", lambda f: np.save(f, rows))
             manifest["shards"].append({"file": f"images-{i:05d}.npy", "input": describe(files[i]),
                                        "examples": len(rows), "caption_lengths": lengths, "skipped": skipped})
-            save()
-    if text:
-        groups = iter(lambda lines=data.text_lines(text): list(itertools.islice(lines, cfg.shard_size)), [])
-        for i, lines in enumerate(groups):
-            if i % processes == process and f"text-{i:05d}.npy" not in done:
-                ids = np.stack([tokenizer.encode(line) for line in lines]).astype(np.uint16)  # (n, text_tokens)
-                write_file(folder / f"text-{i:05d}.npy", lambda f: np.save(f, ids))
-                manifest["text_shards"].append({"file": f"text-{i:05d}.npy", "examples": len(ids)})
-                save()
+            save_manifest(path, manifest)
+    lines = data.text_lines(text) if text else iter(())
+    for i in itertools.count():  # every process reads all the lines, and tokenises its own shard_size at a time
+        group = list(itertools.islice(lines, cfg.shard_size))
+        if not group:
+            break
+        if i % processes == process and f"text-{i:05d}.npy" not in done:
+            ids = np.stack([tokenizer.encode(line) for line in group]).astype(np.uint16)  # (n, text_tokens)
+            write_file(folder / f"text-{i:05d}.npy", lambda f: np.save(f, ids))
+            manifest["text_shards"].append({"file": f"text-{i:05d}.npy", "examples": len(ids)})
+            save_manifest(path, manifest)
     manifest["complete"] = True
-    save()
+    save_manifest(path, manifest)
     skipped = [s for shard in manifest["shards"] for s in shard["skipped"]]
     log(f"{sum(s['examples'] for s in manifest['shards'])} pictures in {len(manifest['shards'])} shard(s); "
         f"skipped {len(skipped)} (listed in {path})" + "".join(f"; {s}" for s in skipped[:3]))
@@ -308,19 +313,20 @@ def bench_one(n, folder, vq_path, steps=50):
     optimizer = train.make_optimizer(tcfg)
     model, opt_state = train.replicate(train.init_state(mcfg, tcfg, optimizer, key=jax.random.key(0)), mesh)
     counts = train.kind_counts(tcfg.batch, tcfg.mix)
-    held = train.global_batch(mesh, *train.local_batch(corpus, 0, counts, mcfg, seed=0))
-    times = []  # (building the batch, step on it, step on the held batch) seconds
+    held = train.local_batch(corpus, 0, counts, mcfg, seed=0)  # host arrays, built once
+    times = []  # per step: seconds reading a batch from the shards, stepping on it, stepping on the held batch
     for step in range(steps + 2):  # the first two compile and warm up; the two kinds of step alternate
-        t0 = time.perf_counter()
-        batch = train.global_batch(mesh, *train.local_batch(corpus, step, counts, mcfg, seed=0))
-        t1 = time.perf_counter()
-        for tokens, kinds in (batch, held):
+        start = time.perf_counter()
+        fresh = train.local_batch(corpus, step, counts, mcfg, seed=0)
+        times.append([time.perf_counter() - start])
+        for batch in (fresh, held):
+            start = time.perf_counter()
+            tokens, kinds = train.global_batch(mesh, *batch)  # a new device copy each time: the step donates it
             model, opt_state, loss, _ = train.train_step(model, opt_state, tokens, kinds, jax.random.key(step),
                                                          optimizer, mesh)
             loss.block_until_ready()
-            times.append(time.perf_counter() - t1)
-            t1 = time.perf_counter()
-    loading, from_shards, in_memory = np.median(np.reshape(times, (-1, 3))[2:], axis=0)
+            times[-1].append(time.perf_counter() - start)
+    loading, from_shards, in_memory = np.median(times[2:], axis=0)
     loaded = loading + from_shards
     print(f"{n:,} pictures: train step {loaded * 1e3:.1f} ms with reading the shards ({loading * 1e3:.2f} ms of it "
           f"building the batch) vs {in_memory * 1e3:.1f} ms on a batch in memory ({loaded / in_memory - 1:+.1%}); "

@@ -306,9 +306,9 @@ def train(args):
            f"stops early at the budget, else after {tcfg.steps} steps") if minutes else
         f"no time budget: {tcfg.steps} steps")
     vq, vq_path = image_tokenizer(out, args.vqgan, tcfg.images, minutes, log)
-    text_tokens = mcfg.text_tokens if args.resume else args.text_tokens
-    shards_tokenizer, *corpus = load_corpus(tcfg, vq_path, Path(args.shards or out / "shards"), out, text_tokens, log,
-                                            process=process, processes=processes)
+    text_tokens, folder = mcfg.text_tokens if args.resume else args.text_tokens, Path(args.shards or out / "shards")
+    shards_tokenizer, images, texts = load_corpus(tcfg, vq_path, folder, out, text_tokens, log, process=process,
+                                                  processes=processes)
     if not args.resume:  # the shards' vocabulary, and the caption-length prior of sample.write_text counted over
         #                  this host's captions (process 0's is saved)
         tokenizer = shards_tokenizer
@@ -319,7 +319,7 @@ def train(args):
                                  width=args.width, depth=args.depth, heads=args.heads, mlp=args.mlp,
                                  compute_dtype=args.compute_dtype, **objective)
     elif tokenizer.words != shards_tokenizer.words:
-        raise ValueError(f"the shards in {args.shards or out / 'shards'} have another vocabulary than the run's")
+        raise ValueError(f"the shards in {folder} have another vocabulary than the run's")
 
     optimizer, mesh = make_optimizer(tcfg), make_mesh()
     init_key, train_key = jax.random.split(jax.random.key(tcfg.seed))
@@ -328,7 +328,6 @@ def train(args):
     model, opt_state = replicate((model, opt_state), mesh)
     counts = kind_counts(tcfg.batch // processes, tcfg.mix)
     log(f"UPGen {upgen.count_params(model) / 1e6:.2f}M params; {mcfg}")
-    images, texts = corpus
     log(f"{tcfg}; {len(jax.devices())} devices, {processes} host(s); pools "
         f"{[sum(map(len, images)), sum(map(len, images)), sum(map(len, texts))]}")
 
@@ -336,7 +335,8 @@ def train(args):
     bar = tqdm(initial=start, total=tcfg.steps or None, disable=process != 0, desc="train")
     step, pending, clock = start, [], None
     while step < min(tcfg.steps or math.inf, stop_after):
-        tokens, kinds = global_batch(mesh, *local_batch(corpus, step, counts, mcfg, seed=tcfg.seed, process=process))
+        tokens, kinds = global_batch(mesh, *local_batch((images, texts), step, counts, mcfg, seed=tcfg.seed,
+                                                          process=process))
         model, opt_state, loss, metrics = train_step(model, opt_state, tokens, kinds,
                                                      jnp.float32(learning_rate(step, tcfg)),
                                                      jax.random.fold_in(train_key, step), optimizer, mesh)
