@@ -477,7 +477,8 @@ def main(argv=None):
     parser.add_argument("--ckpt", default="checkpoints/shapes", help="folder with upgen.eqx and vqgan.eqx")
     parser.add_argument("--out", default="samples.png", help="where to write the grid of pictures")
     parser.add_argument("--show-steps", action="store_true", help="also write <out>_steps.png: every step of each sample")
-    parser.add_argument("--eval", action="store_true", help="shapes-world accuracy of text->image, image->text, unconditional")
+    parser.add_argument("--eval", action="store_true",
+                        help="shapes-world accuracy of text->image, image->text, unconditional, inpainting")
     parser.add_argument("--bench", action="store_true", help="time the compiled decode against --steps single forward passes")
     args = parser.parse_args(argv)
     try:
