@@ -210,13 +210,14 @@ def text_ids(tokenizer, prompt):
 
 
 def inputs(cfg, n, image=None, text=None, keep=None):
-    """Model tokens (n, L) with [MASK] in the slots to generate: image codes (Ni,) kept where keep
-    (Ni,) is True (all when keep is None) else masked; text ids (Nt,) or PAD (no text) if None."""
+    """Model tokens (n, L) with [MASK] in the slots to generate: image codes (Ni,) or (n, Ni) kept where keep
+    ((Ni,) or (n, Ni)) is True (all when keep is None) else masked; text ids (Nt,) or (n, Nt), or PAD if None."""
     image_part = np.full(cfg.image_tokens, cfg.mask_id)
     if image is not None:
-        image_part = np.where(np.ones(cfg.image_tokens, bool) if keep is None else keep, image, cfg.mask_id)
-    text_part = np.full(cfg.text_tokens, cfg.pad_id) if text is None else text + cfg.image_codes
-    return jnp.asarray(np.tile(np.concatenate([image_part, text_part]), (n, 1)), jnp.int32)
+        image_part = np.where(True if keep is None else keep, image, cfg.mask_id)
+    text_part = np.full(cfg.text_tokens, cfg.pad_id) if text is None else np.asarray(text) + cfg.image_codes
+    parts = [np.broadcast_to(part, (n, part.shape[-1])) for part in (image_part, text_part)]
+    return jnp.asarray(np.concatenate(parts, axis=-1), jnp.int32)
 
 
 def keep_mask(box, image_path, cfg, size):
@@ -249,10 +250,14 @@ def pictures(tokenizer_model, states, cfg):
     masked = image == cfg.mask_id
     flat = np.where(masked, 0, image).reshape(-1, cfg.image_tokens)
     out = vqgan.decode_tokens(tokenizer_model, flat)  # (N, H, W, 3)
-    grid, size = int(math.isqrt(cfg.image_tokens)), out.shape[1]
-    cells = np.repeat(np.repeat(masked.reshape(-1, grid, grid), size // grid, 1), size // grid, 2)
-    out = np.where(cells[..., None], 128, out).astype(np.uint8)
+    out = np.where(cell_pixels(masked.reshape(-1, cfg.image_tokens), out.shape[1]), 128, out).astype(np.uint8)
     return out.reshape(*image.shape[:-1], *out.shape[1:])
+
+
+def cell_pixels(cells, size):
+    """bool (B, Ni) per token cell, raster order -> bool (B, size, size, 1) per pixel of a size x size picture."""
+    grid = int(math.isqrt(cells.shape[-1]))
+    return np.repeat(np.repeat(cells.reshape(-1, grid, grid), size // grid, 1), size // grid, 2)[..., None]
 
 
 def save_grid(images, path):
@@ -261,6 +266,32 @@ def save_grid(images, path):
     rows = [np.concatenate(list(row), axis=1) for row in padded]
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
     print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text-guided inpainting
+
+INPAINT_GUIDANCE = 1.0  # on the shapes eval's inpainting, 1 draws the prompt right more often than 0 or 3
+
+
+def inpaint(model, tokenizer_model, images, keep, text, cfg, guidance=INPAINT_GUIDANCE, *, key):
+    """Redraws the cells of images uint8 (B, S, S, 3) where keep (B, Ni) is False as text ids (B, Nt) say
+    -> (the tokens (B, L) of the last pass, its states (T, B, L)); the last state holds those kept tokens.
+
+    The VQGAN encoder sees the whole picture (its convolutions reach ~6 tokens, its GroupNorm all of them),
+    so the tokens of the cells to keep carry traces of what the region held, and the model follows them
+    over the prompt. So the first pass encodes the picture with the region painted over in the kept
+    pixels' median colour, and the second encodes the kept pixels beside the first pass's drawing: its
+    kept tokens describe the kept pixels in the company of what the prompt asks for."""
+    size = images.shape[1]
+    kept = cell_pixels(keep, size)  # (B, S, S, 1)
+    fill = np.stack([np.median(image[cells[..., 0]], axis=0) for image, cells in zip(images, kept)])  # (B, 3)
+    redrawn = np.where(kept, images, fill[:, None, None].astype(np.uint8))
+    for pass_key in jax.random.split(key, 2):
+        tokens = inputs(model.cfg, len(images), vqgan.encode_images(tokenizer_model, redrawn), text, keep)
+        states = generate(model, tokens, cfg, guidance, key=pass_key)
+        redrawn = np.where(kept, images, pictures(tokenizer_model, states[-1], model.cfg))
+    return tokens, states
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -326,22 +357,24 @@ def run(args):
             prompt = text_ids(tokenizer, args.prompt)
         else:
             print("note: empty prompt, so the pictures are unconditional", file=sys.stderr)
-    codes = None
-    if args.image:
-        codes = vqgan.encode_images(tokenizer_model, data.load_image(args.image, size)[None])[0]
     length_key, key = jax.random.split(key)
-    unconditional_pairs = codes is None and prompt is None  # pictures drawn with captions of their own
-    if codes is not None and args.keep is None:  # image -> text
-        image = jnp.tile(jnp.asarray(codes, jnp.int32), (args.n, 1))
-        for ids in write_text(model, image, length_prior(tokenizer), cfg, key=key):
+    if args.image and args.keep is None:  # image -> text
+        codes = vqgan.encode_images(tokenizer_model, data.load_image(args.image, size)[None])
+        for ids in write_text(model, jnp.tile(jnp.asarray(codes), (args.n, 1)), length_prior(tokenizer), cfg, key=key):
             print(tokenizer.decode(ids))
         return
+    guidance = args.guidance
+    if guidance is None:  # each mode's default
+        guidance = INPAINT_GUIDANCE if args.keep is not None else 0.0
+    unconditional_pairs = args.image is None and prompt is None  # pictures drawn with captions of their own
     if unconditional_pairs:
-        states = unconditional(model, draw_caption_lengths(tokenizer, args.n, key=length_key), cfg, args.guidance,
-                               key=key)
-    else:  # text -> image, inpainting
-        keep = None if args.keep is None else keep_mask(args.keep, args.image, mcfg, size)
-        states = generate(model, inputs(mcfg, args.n, codes, prompt, keep), cfg, args.guidance, key=key)
+        states = unconditional(model, draw_caption_lengths(tokenizer, args.n, key=length_key), cfg, guidance, key=key)
+    elif args.keep is not None:
+        image = np.repeat(data.load_image(args.image, size)[None], args.n, axis=0)  # (n, S, S, 3)
+        keep = np.tile(keep_mask(args.keep, args.image, mcfg, size), (args.n, 1))
+        _, states = inpaint(model, tokenizer_model, image, keep, prompt, cfg, guidance, key=key)
+    else:  # text -> image
+        states = generate(model, inputs(mcfg, args.n, text=prompt), cfg, guidance, key=key)
     save_grid(pictures(tokenizer_model, states[-1:], mcfg), args.out)
     if args.show_steps:
         steps_path = Path(args.out).with_name(Path(args.out).stem + "_steps.png")
@@ -355,8 +388,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompt", help="text -> image: the caption to draw (with --image and --keep: inpaint)")
     parser.add_argument("--image", help="image -> text: a picture to caption (with --keep: inpaint it)")
-    parser.add_argument("--keep", help="inpainting: x0,y0,x1,y1 box in pixels of --image whose tokens are kept")
-    parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance scale on the prompt, or on an unconditional picture's own caption (0: off)")
+    parser.add_argument("--keep", help="inpainting: x0,y0,x1,y1 box in pixels of --image to keep "
+                        "(the token cells whose centres it holds); the rest is redrawn")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale on the prompt, or on an "
+                        "unconditional picture's own caption (0: off; default: "
+                        f"{INPAINT_GUIDANCE} when inpainting, else 0)")
     parser.add_argument("--n", type=int, default=4, help="how many samples")
     parser.add_argument("--steps", type=int, default=DecodeConfig.steps, help="decoding steps T")
     parser.add_argument("--temperature", type=float, default=1.0, help="token sampling temperature (0: argmax)")
@@ -366,7 +402,8 @@ def main(argv=None):
     parser.add_argument("--ckpt", default="checkpoints/shapes", help="folder with upgen.eqx and vqgan.eqx")
     parser.add_argument("--out", default="samples.png", help="where to write the grid of pictures")
     parser.add_argument("--show-steps", action="store_true", help="also write <out>_steps.png: every step of each sample")
-    parser.add_argument("--eval", action="store_true", help="shapes-world accuracy of text->image, image->text, unconditional")
+    parser.add_argument("--eval", action="store_true",
+                        help="shapes-world accuracy of text->image, image->text, unconditional, inpainting")
     parser.add_argument("--bench", action="store_true", help="time the compiled decode against --steps single forward passes")
     args = parser.parse_args(argv)
     try:

@@ -150,18 +150,61 @@ def test_captions_only_take_lengths_that_training_captions_had():
     assert [TOKENIZER.decode(row) for row in ids] == ["a large red"] * 2
 
 
+@pytest.fixture(scope="module")
+def tiny_vqgan():
+    vq = vqgan.VQGAN(vqgan.VQGANConfig(image_size=16, filters=8, channel_multipliers=(1, 1, 1),
+                                       num_res_blocks=1, embedding_dim=8, codebook_size=16, norm_groups=4),
+                     key=jax.random.key(0))
+    assert vq.cfg.tokens_per_side ** 2 == TINY.image_tokens
+    return vq
+
+
+def test_inpainting_keeps_its_kept_tokens_in_every_sample(tiny_model, tiny_vqgan):
+    images = np.asarray(jax.random.randint(jax.random.key(10), (6, 16, 16, 3), 0, 256), np.uint8)
+    keep = np.asarray(jax.random.bernoulli(jax.random.key(11), 0.5, (6, TINY.image_tokens)))
+    text = np.tile(TOKENIZER.encode("a large red circle"), (6, 1))
+    tokens, states = sample.inpaint(tiny_model, tiny_vqgan, images, keep, text, sample.DecodeConfig(steps=3),
+                                    key=jax.random.key(12))
+    final = states[-1]
+    assert jnp.all(jnp.where(keep, final[:, :TINY.image_tokens] == tokens[:, :TINY.image_tokens], True))
+    assert jnp.all(tokens[:, :TINY.image_tokens] == jnp.where(keep, tokens[:, :TINY.image_tokens], TINY.mask_id))
+    assert jnp.all(final[:, TINY.image_tokens:] == text + TINY.image_codes)  # the prompt is never rewritten
+    assert jnp.all(final[:, :TINY.image_tokens] < TINY.image_codes)
+
+
+def test_inpainting_ignores_what_the_redrawn_region_held(tiny_model, tiny_vqgan):
+    images = np.full((2, 16, 16, 3), 240, np.uint8)
+    images[1, :8] = (220, 30, 30)  # a red top half in the second picture only: the half that is redrawn
+    keep = (np.arange(TINY.image_tokens) >= TINY.image_tokens // 2)[None]  # (1, Ni)
+    text = TOKENIZER.encode("a large red circle")[None]
+    first, second = (sample.inpaint(tiny_model, tiny_vqgan, image[None], keep, text, sample.DecodeConfig(steps=3),
+                                    key=jax.random.key(13))[1] for image in images)
+    assert jnp.array_equal(first, second)
+    plain = sample.inputs(TINY, 2, vqgan.encode_images(tiny_vqgan, images), text, keep)  # tokens of the pictures
+    assert not jnp.array_equal(plain[0], plain[1])  # as they are: the red half leaves traces in the kept half
+
+
+def test_inpainting_cases_keep_no_shape_and_ask_for_one_that_fits():
+    images, keep, labels = shapes.inpainting_cases(40, seed=1)
+    cells = sample.cell_pixels(keep, 64)[..., 0]
+    for image, kept, prompt, cell_keep in zip(images, cells, labels, keep):
+        background = np.median(image[kept], axis=0)
+        assert np.abs(image[kept].astype(int) - background).max() < 8  # the kept part is plain background
+        redrawn = ~cell_keep.reshape(8, 8)
+        assert redrawn.sum() == 40  # a band of 5 of the 8 token rows or columns
+        drawn = shapes.render(prompt, np.random.default_rng(0))  # the prompt's shape, drawn alone
+        assert np.all(np.abs(drawn.astype(int) - np.median(drawn[kept], axis=0))[kept].max(-1) < 8)
+        assert np.all(np.array(shapes.read_picture(image)) != prompt)  # another shape, colour, size and position
+
+
 # ---------------------------------------------------------------------------------------------------
 # The command line on a tiny checkpoint
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, tiny_model):
+def ckpt(tmp_path_factory, tiny_model, tiny_vqgan):
     folder = tmp_path_factory.mktemp("ckpt")
-    vq = vqgan.VQGAN(vqgan.VQGANConfig(image_size=16, filters=8, channel_multipliers=(1, 1, 1),
-                                       num_res_blocks=1, embedding_dim=8, codebook_size=16, norm_groups=4),
-                     key=jax.random.key(0))
-    assert vq.cfg.tokens_per_side ** 2 == TINY.image_tokens
-    vqgan.save_vqgan(folder / "vqgan.eqx", vq)
+    vqgan.save_vqgan(folder / "vqgan.eqx", tiny_vqgan)
     upgen.save_upgen(folder / "upgen.eqx", tiny_model, TOKENIZER)
     images, _, _ = shapes.examples(1, seed=0)
     Image.fromarray(images[0]).save(folder / "shape.png")
