@@ -39,7 +39,7 @@ import vqgan_train
 KINDS = (upgen.PAIRED, upgen.IMAGE_ONLY, upgen.TEXT_ONLY)
 DEFAULT_MINUTES = 10.0  # the whole run's wall-clock budget when no step count is given
 SIZING_STEPS = 20  # a budgeted run times its steps up to this one, then sets how many fit
-FINISH_SECONDS = 20  # what a budgeted run keeps for after training: upgen.eqx and samples.png
+FINISH_SECONDS = 20  # what a budgeted run keeps for after training (upgen.eqx, samples.png); it stops there
 
 
 @dataclass(frozen=True)
@@ -356,7 +356,7 @@ def train(args):
                 bar.total = steps
                 log(f"{step_time * 1e3:.0f} ms/step: {steps} steps fill the {minutes}-minute budget")
         if step % args.log_every == 0 or step == tcfg.steps or step == stop_after:
-            out_of_time = 0 < 60 * minutes < time.perf_counter() - started
+            out_of_time = bool(minutes) and time.perf_counter() - started > 60 * minutes - FINISH_SECONDS
             if processes > 1:  # process 0's clock decides, so that every host stops at the same step
                 out_of_time = bool(multihost_utils.broadcast_one_to_all(np.array(out_of_time)))
             losses, accs = zip(*jax.device_get(pending))
