@@ -47,8 +47,9 @@ def reference_params(cfg: upgen.UPGenConfig, key):
     D, M, V = cfg.width, cfg.mlp, cfg.vocab_size
     normal = lambda key, *shape: jax.random.normal(key, shape) / math.sqrt(shape[0])  # noqa: E731
     keys = iter(jax.random.split(key, 3 + 4 * cfg.depth))
-    layer = lambda: {"ln1": (jnp.ones(D), jnp.zeros(D)), "qkv": (normal(next(keys), D, 3 * D), jnp.zeros(3 * D)),  # noqa: E731
-                     "proj": (normal(next(keys), D, D), jnp.zeros(D)), "ln2": (jnp.ones(D), jnp.zeros(D)),
+    norm = lambda: (jnp.ones(D), jnp.zeros(D))  # noqa: E731
+    layer = lambda: {"ln1": norm(), "qkv": (normal(next(keys), D, 3 * D), jnp.zeros(3 * D)),  # noqa: E731
+                     "proj": (normal(next(keys), D, D), jnp.zeros(D)), "ln2": norm(),
                      "fc1": (normal(next(keys), D, M), jnp.zeros(M)), "fc2": (normal(next(keys), M, D), jnp.zeros(D))}
     return {"embed": normal(next(keys), V, D), "modality": normal(next(keys), 2, D),
             "layers": [layer() for _ in range(cfg.depth)], "ln": (jnp.ones(D), jnp.zeros(D)),
@@ -59,8 +60,12 @@ def reference_loss(params, tokens, key, cfg: upgen.UPGenConfig):
     """tokens (B, L) -> masked cross-entropy, each example masked at a ratio drawn in (0, 1]."""
     B, L = tokens.shape
     H, dtype = cfg.heads, jnp.dtype(cfg.compute_dtype)
-    linear = lambda x, wb: jnp.dot(x.astype(dtype), wb[0].astype(dtype), preferred_element_type=jnp.float32) + wb[1]  # noqa: E731
-    norm = lambda x, gb: (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5) * gb[0] + gb[1]  # noqa: E731
+    def linear(x, wb):
+        return jnp.dot(x.astype(dtype), wb[0].astype(dtype), preferred_element_type=jnp.float32) + wb[1]
+
+    def norm(x, gb):
+        return (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5) * gb[0] + gb[1]
+
     ratio_key, mask_key = jax.random.split(key)
     ratio = 1 - jax.random.uniform(ratio_key, (B, 1))
     masked = jax.random.uniform(mask_key, (B, L)) < ratio                             # (B, L)
@@ -139,9 +144,9 @@ def run(args):
         ours_times, ref_times = [], []
         rounds = 1 if name != "laptop" else 5  # alternate, so both see the same machine
         for _ in range(rounds):
-            model_state, t = time_steps(ours, model_state, 2 + args.bench_steps // rounds)
+            model_state, t = time_steps(ours, model_state, 2 + max(1, args.bench_steps // rounds))
             ours_times += t[2:]  # each round's first two steps compile (once) and warm up
-            ref_state, t = time_steps(ref_fn, ref_state, 2 + args.bench_steps // rounds)
+            ref_state, t = time_steps(ref_fn, ref_state, 2 + max(1, args.bench_steps // rounds))
             ref_times += t[2:]
         step_time, ref_time = float(np.median(ours_times)), float(np.median(ref_times))
         n_params = upgen.count_params(model_state[0])

@@ -205,7 +205,8 @@ def load_checkpoint(path, skeleton):
         try:
             tree = eqx.tree_deserialise_leaves(f, skeleton(header))
         except Exception as e:  # numpy/equinox raise EOFError, ValueError, ... on broken files
-            raise ValueError(f"{path} is truncated or does not match its header ({type(e).__name__}: {e})"[:300]) from None
+            why = f"{path} is truncated or does not match its header ({type(e).__name__}: {e})"
+            raise ValueError(why[:300]) from None
         if f.read(1):
             raise ValueError(f"{path} is longer than its header says: not a checkpoint of this model")
     return header, tree

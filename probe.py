@@ -159,10 +159,14 @@ def main(argv=None):
     parser.add_argument("--ckpt", default="checkpoints/shapes", help="folder with upgen.eqx and vqgan.eqx")
     parser.add_argument("--folder", help="probe on this folder of images, one subfolder per class, "
                         "instead of the shapes world")
-    parser.add_argument("--shapes", type=int, default=3000, help="shapes-world pictures to probe on, train and held out")
-    parser.add_argument("--layer", type=int, help="probe this one layer (0 = first, -1 = last); default all, concatenated")
-    parser.add_argument("--epochs", type=int, default=ProbeConfig.epochs, help="passes of the classifier over the training split")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shapes pictures, the split, random init and the probe")
+    parser.add_argument("--shapes", type=int, default=3000,
+                        help="shapes-world pictures to probe on, train and held out")
+    parser.add_argument("--layer", type=int,
+                        help="probe this one layer (0 = first, -1 = last); default all, concatenated")
+    parser.add_argument("--epochs", type=int, default=ProbeConfig.epochs,
+                        help="passes of the classifier over the training split")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the shapes pictures, the split, random init and the probe")
     args = parser.parse_args(argv)
     try:
         model, _, vqgan = sample.load(args.ckpt)
@@ -173,7 +177,8 @@ def main(argv=None):
                 print(f"skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}")
         else:
             if vqgan.cfg.image_size != shapes.ShapesConfig().image_size:
-                raise ValueError(f"{args.ckpt} takes {vqgan.cfg.image_size}px images, not shapes pictures: use --folder")
+                raise ValueError(f"{args.ckpt} takes {vqgan.cfg.image_size}px images, not shapes pictures: "
+                                 "use --folder")
             images, _, labels = shapes.examples(args.shapes, args.seed)
             tasks = list(shapes.LABELS)
         cfg = ProbeConfig(epochs=args.epochs)

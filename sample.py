@@ -38,7 +38,7 @@ import vqgan
 class DecodeConfig:
     steps: int = 12  # T: forward passes per sample (MaskGIT: 8-12)
     temperature: float = 1.0  # sampling temperature of each token; 0 = argmax
-    choice_temperature: float = 4.5  # scale of the Gumbel noise on confidences (MaskGIT's ImageNet value), annealed to 0
+    choice_temperature: float = 4.5  # Gumbel noise on confidences (MaskGIT's ImageNet value), annealed to 0
 
 
 def mask_ratio(progress):
@@ -401,10 +401,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same samples")
     parser.add_argument("--ckpt", default="checkpoints/shapes", help="folder with upgen.eqx and vqgan.eqx")
     parser.add_argument("--out", default="samples.png", help="where to write the grid of pictures")
-    parser.add_argument("--show-steps", action="store_true", help="also write <out>_steps.png: every step of each sample")
+    parser.add_argument("--show-steps", action="store_true",
+                        help="also write <out>_steps.png: every step of each sample")
     parser.add_argument("--eval", action="store_true",
                         help="shapes-world accuracy of text->image, image->text, unconditional, inpainting")
-    parser.add_argument("--bench", action="store_true", help="time the compiled decode against --steps single forward passes")
+    parser.add_argument("--bench", action="store_true",
+                        help="time the compiled decode against --steps single forward passes")
     args = parser.parse_args(argv)
     try:
         run(args)

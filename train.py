@@ -398,9 +398,12 @@ def main(argv=None):
                                                       "comma-separated .tar globs or brace patterns (default: shapes)")
     p.add_argument("--shapes", type=int, default=d.shapes, help="shapes-world examples when --images is not given")
     p.add_argument("--text", default=d.text, help="unpaired text: a .txt file or folder, one document per line")
-    p.add_argument("--mix", type=float, nargs=3, default=d.mix, metavar=("PAIRED", "IMAGE", "TEXT"), help="batch shares of paired, image-only and text-only examples")
-    p.add_argument("--steps", type=int, default=None, help="total optimiser steps (default: as many as fit in --minutes; with --resume, the saved run's)")
-    p.add_argument("--stop-after", type=int, default=0, help="stop after this many steps of this invocation (split a run into jobs; 0 = run to --steps)")
+    p.add_argument("--mix", type=float, nargs=3, default=d.mix, metavar=("PAIRED", "IMAGE", "TEXT"),
+                   help="batch shares of paired, image-only and text-only examples")
+    p.add_argument("--steps", type=int, default=None,
+                   help="total optimiser steps (default: as many as fit in --minutes; with --resume, the saved run's)")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="stop after this many steps of this invocation (split a run into jobs; 0 = run to --steps)")
     p.add_argument("--batch", type=int, default=d.batch, help="global batch size (all devices, all hosts)")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps")
@@ -412,20 +415,34 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=m.heads, help="attention heads")
     p.add_argument("--mlp", type=int, default=m.mlp, help="MLP hidden units per block")
     p.add_argument("--text-tokens", type=int, default=m.text_tokens, help="text tokens per example")
-    p.add_argument("--paired-text-weight", type=float, default=m.paired_text_weight, help="loss weight of a masked caption token (image tokens weigh 1)")
-    p.add_argument("--unpaired-text-weight", type=float, default=m.unpaired_text_weight, help="loss weight of a masked token of text-only data")
-    p.add_argument("--paper-objective", action="store_true", help="the paper's exact objective: one mask ratio for picture and caption, text weights 0.1 and 0.01 (overrides the two weights above)")
-    p.add_argument("--compute-dtype", default=m.compute_dtype, choices=("float32", "bfloat16"), help="matmul dtype (bfloat16 on accelerators)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest state_<step>.eqx in --out (its saved config)")
-    p.add_argument("--keep", type=int, default=2, help="state_<step>.eqx files to keep (0 = none, only upgen.eqx at the end)")
+    p.add_argument("--paired-text-weight", type=float, default=m.paired_text_weight,
+                   help="loss weight of a masked caption token (image tokens weigh 1)")
+    p.add_argument("--unpaired-text-weight", type=float, default=m.unpaired_text_weight,
+                   help="loss weight of a masked token of text-only data")
+    p.add_argument("--paper-objective", action="store_true",
+                   help="the paper's exact objective: one mask ratio for picture and caption, text weights 0.1 and "
+                        "0.01 (overrides the two weights above)")
+    p.add_argument("--compute-dtype", default=m.compute_dtype, choices=("float32", "bfloat16"),
+                   help="matmul dtype (bfloat16 on accelerators)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest state_<step>.eqx in --out (its saved config)")
+    p.add_argument("--keep", type=int, default=2,
+                   help="state_<step>.eqx files to keep (0 = none, only upgen.eqx at the end)")
     p.add_argument("--save-every", type=int, default=500, help="steps between state checkpoints")
     p.add_argument("--log-every", type=int, default=50, help="steps between log lines")
-    p.add_argument("--minutes", type=float, default=None, help=f"wall-clock budget of the whole run: without --steps, the run sets its step count to fill it (default {DEFAULT_MINUTES:g}); past it, save and stop (0 = none)")
-    p.add_argument("--samples", type=int, default=8, help="pictures drawn at the end from the first training captions (0 = none)")
-    p.add_argument("--bench", action="store_true", help="print the train step's tokens/s and MFU beside a reference step (bench.py)")
-    p.add_argument("--bench-steps", type=int, default=10, help="timed steps per --bench config")
-    p.add_argument("--peak-flops", type=float, default=0.0, help="peak FLOP/s of one device, for MFU (default: a measured matmul; e.g. 989e12 for an H100's bf16)")
-    p.add_argument("--tpu", action="store_true", help="multi-host TPU: jax.distributed.initialize() first; run on every host")
+    p.add_argument("--minutes", type=float, default=None,
+                   help=f"wall-clock budget of the whole run: without --steps, the run sets its step count to fill it"
+                        f" (default {DEFAULT_MINUTES:g}); past it, save and stop (0 = none)")
+    p.add_argument("--samples", type=int, default=8,
+                   help="pictures drawn at the end from the first training captions (0 = none)")
+    p.add_argument("--bench", action="store_true",
+                   help="print the train step's tokens/s and MFU beside a reference step (bench.py)")
+    p.add_argument("--bench-steps", type=int, default=20, help="timed steps per --bench config")
+    p.add_argument("--peak-flops", type=float, default=0.0,
+                   help="peak FLOP/s of one device, for MFU (default: a measured matmul; e.g. 989e12 for an H100's "
+                        "bf16)")
+    p.add_argument("--tpu", action="store_true",
+                   help="multi-host TPU: jax.distributed.initialize() first; run on every host")
     args = p.parse_args(argv)
     try:
         if args.tpu:

@@ -111,7 +111,8 @@ def mask_one(tokens, kind, cfg: UPGenConfig, *, key):
     image_ratio = 1.0 - jax.random.uniform(image_ratio_key)                  # (0, 1]
     text_ratio = jnp.where(kind == TEXT_ONLY, cfg.text_mask_ratio, 1.0 - jax.random.uniform(text_ratio_key))
     if cfg.mask_modalities_apart:  # one ratio for the picture, another for its caption
-        masked = choose(real & is_image, image_ratio, key=image_key) | choose(real & ~is_image, text_ratio, key=text_key)
+        masked = (choose(real & is_image, image_ratio, key=image_key)
+                  | choose(real & ~is_image, text_ratio, key=text_key))
     else:  # the paper: one ratio for the whole sequence
         masked = choose(real, jnp.where(kind == TEXT_ONLY, text_ratio, image_ratio), key=image_key)
     # At least one real token is always masked, so every example has a loss.
