@@ -131,7 +131,8 @@ class CaptionOracle(eqx.Module):
         told = jnp.all(jnp.isin(caption, text))
         image = jnp.where(told, 10.0 * (jnp.arange(cfg.vocab_size) == 5), 0.0)  # (V,)
         words = jnp.where(jnp.arange(cfg.text_tokens)[:, None] < 4,
-                          10.0 * (jnp.arange(cfg.vocab_size) == jnp.pad(caption, (0, cfg.text_tokens - 4))[:, None]), 0.0)
+                          10.0 * (jnp.arange(cfg.vocab_size)
+                                  == jnp.pad(caption, (0, cfg.text_tokens - 4))[:, None]), 0.0)
         return jnp.concatenate([jnp.broadcast_to(image, (cfg.image_tokens, cfg.vocab_size)), words])  # (L, V)
 
 
@@ -145,7 +146,8 @@ def test_caption_length_is_the_one_that_is_likely_and_tells_the_whole_picture():
 def test_captions_only_take_lengths_that_training_captions_had():
     picture = jnp.full((2, TINY.image_tokens), 5)
     three_words = dataclasses.replace(TOKENIZER, caption_lengths=(0, 0, 7, 0, 0, 0))  # every training caption: 3 tokens
-    ids = sample.write_text(CaptionOracle(TINY), picture, sample.length_prior(three_words), sample.DecodeConfig(steps=4),
+    ids = sample.write_text(CaptionOracle(TINY), picture, sample.length_prior(three_words),
+                            sample.DecodeConfig(steps=4),
                             key=jax.random.key(9))
     assert [TOKENIZER.decode(row) for row in ids] == ["a large red"] * 2
 

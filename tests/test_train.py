@@ -175,7 +175,8 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
         for name in sorted(os.listdir(folder)):
             if not name.startswith("broken"):
                 tar.add(folder / name, arcname=name)
-    finish_train(start_train(tmp_path / "folder", tiny_vqgan, "--images", str(folder), "--text", str(corpus), "--mix", "0.7", "0.15", "0.15",
+    finish_train(start_train(tmp_path / "folder", tiny_vqgan, "--images", str(folder), "--text", str(corpus),
+                             "--mix", "0.7", "0.15", "0.15",
                              "--steps", "2"),
                  start_train(tmp_path / "tar", tiny_vqgan, "--images", str(shard), "--steps", "2", "--samples", "2"))
     log = (tmp_path / "folder" / "train.log").read_text()

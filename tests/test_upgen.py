@@ -152,7 +152,8 @@ def test_the_model_knows_where_each_token_is():
 def test_pad_tokens_do_not_change_the_outputs_at_real_positions():
     model = upgen.UPGen(TINY, key=jax.random.key(9))
     pad_moved = eqx.tree_at(lambda m: m.embed.weight, model,
-                            model.embed.weight.at[TINY.pad_id].set(jax.random.normal(jax.random.key(1), (TINY.width,))))  # a different [PAD] embedding
+                            model.embed.weight.at[TINY.pad_id].set(jax.random.normal(jax.random.key(1), (TINY.width,))))
+    # (a different [PAD] embedding)
     tokens, _ = random_sequences(TINY, [PAIRED, IMAGE_ONLY, TEXT_ONLY], [2, 6, 4])
     real = tokens != TINY.pad_id
     before, after = jax.vmap(model)(tokens), jax.vmap(pad_moved)(tokens)
