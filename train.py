@@ -257,7 +257,8 @@ def write_samples(model, vq, tokenizer, prompts, path: Path, *, key):
 def check_config(tcfg: TrainConfig, args):
     """One-line errors for settings that cannot train."""
     problems = [f"--{name} {value:g} must be {rule}" for name, value, ok, rule in [
-        ("batch", tcfg.batch, tcfg.batch >= 1, "at least 1"), ("steps", tcfg.steps, tcfg.steps >= 0, "positive"),
+        ("batch", tcfg.batch, tcfg.batch >= 1, "at least 1"),
+        ("steps", tcfg.steps, tcfg.steps >= 0, "at least 0 (0 fills the time budget)"),
         ("lr", tcfg.lr, tcfg.lr > 0, "positive"), ("warmup", tcfg.warmup, tcfg.warmup >= 1, "at least 1"),
         ("minutes", args.minutes or 0, (args.minutes or 0) >= 0, "positive, or 0 for no budget"),
         ("clip", tcfg.clip, tcfg.clip > 0, "positive")] if not ok]
