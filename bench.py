@@ -128,7 +128,7 @@ def run(args):
                                                                  max(args.batch // 4, jax.device_count()))]:
         tcfg = train.TrainConfig(batch=batch, steps=1)
         optimizer = train.make_optimizer(tcfg)
-        model_state = train.replicate(train.init_state(mcfg, tcfg, optimizer, key=jax.random.key(0)), mesh)
+        model_state = train.replicate(train.init_state(mcfg, optimizer, key=jax.random.key(0)), mesh)
         tokens = np.random.default_rng(0).integers(mcfg.image_codes, size=(batch, mcfg.seq_len)).astype(np.int32)
         tokens, kinds = train.global_batch(mesh, tokens, np.zeros(batch, np.int32))
 

@@ -1,4 +1,5 @@
-"""Data for upgen: image-text files on disk, text corpora, the text tokenizer, checkpoint files.
+"""Data for upgen: image-text files on disk, text corpora, the text tokenizer, checkpoint files, and
+running a jitted function over many rows in fixed-size batches.
 
 The built-in shapes world lives in shapes.py. Read next: vqgan.py (pictures -> tokens), then upgen.py.
 """
@@ -14,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 # ----------------------------------------------------------------------------------------------
 # Image-text files on disk, streamed one pair at a time (shards.py tokenises them into shards)
@@ -210,3 +214,21 @@ def load_checkpoint(path, skeleton):
         if f.read(1):
             raise ValueError(f"{path} is longer than its header says: not a checkpoint of this model")
     return header, tree
+
+
+# ----------------------------------------------------------------------------------------------
+# Many rows through one jitted function (encoding pictures, decoding, probing, evaluating)
+
+
+def in_batches(f, x, size, *, key):
+    """f(chunk, key) over x (n, ...) in chunks of `size` rows, the last one padded to the same size so
+    that f compiles once and memory stays bounded; each chunk gets its own key -> numpy (n, ...)."""
+    x, size = np.asarray(x), min(size, len(x))
+    keys = jax.random.split(key, -(-len(x) // size))
+    out = []
+    starts = tqdm(range(0, len(x), size), desc="in batches", leave=False, disable=len(keys) == 1)
+    for start, chunk_key in zip(starts, keys):
+        chunk = x[start:start + size]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+        out.append(np.asarray(f(jnp.asarray(padded), chunk_key))[:len(chunk)])
+    return np.concatenate(out)

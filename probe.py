@@ -24,7 +24,7 @@ import data
 import sample
 import shapes
 from upgen import UPGen, make_sequence
-from vqgan import encode_images, in_batches
+from vqgan import encode_images
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def pooled_layers(model: UPGen, image_ids):
 
 def model_features(model: UPGen, image_ids, layer, batch_size):
     """-> float32 (n, depth * D), all layers concatenated, or (n, D) of one layer (negative counts back)."""
-    pooled = in_batches(lambda ids, _: pooled_layers(model, ids), image_ids, batch_size,
+    pooled = data.in_batches(lambda ids, _: pooled_layers(model, ids), image_ids, batch_size,
                         key=jax.random.key(0))  # (n, depth, D)
     return pooled.reshape(len(pooled), -1) if layer is None else pooled[:, layer]
 
@@ -103,7 +103,7 @@ def linear_probe(x_train, y_train, x_test, y_test, n_classes, cfg: ProbeConfig, 
     return [float(np.mean(logits[:, task].argmax(axis=1) == y_test[:, t])) for t, task in enumerate(tasks)]
 
 
-def probe(model: UPGen, vqgan, images, labels, cfg: ProbeConfig, *, layer=None, key):
+def probe(model: UPGen, vq, images, labels, cfg: ProbeConfig, *, layer=None, key):
     """Images uint8 (n, S, S, 3), labels int32 (n, tasks) -> {feature source: accuracy per task}."""
     depth = model.cfg.depth
     if layer is not None and not -depth <= layer < depth:
@@ -114,7 +114,7 @@ def probe(model: UPGen, vqgan, images, labels, cfg: ProbeConfig, *, layer=None, 
     test, train = order[:n_test], order[n_test:]
     if len(train) == 0:
         raise ValueError(f"{len(images)} images are too few to train on some and hold out the rest")
-    image_ids = encode_images(vqgan, images)  # (n, Ni)
+    image_ids = encode_images(vq, images)  # (n, Ni)
     sources = {
         "upgen": model_features(model, image_ids, layer, cfg.batch_size),
         "random init": model_features(UPGen(model.cfg, key=init_key), image_ids, layer, cfg.batch_size),
@@ -169,20 +169,20 @@ def main(argv=None):
                         help="seed of the shapes pictures, the split, random init and the probe")
     args = parser.parse_args(argv)
     try:
-        model, _, vqgan = sample.load(args.ckpt)
+        model, _, vq = sample.load(args.ckpt)
         if args.folder:
-            images, labels, classes, skipped = class_folder(args.folder, vqgan.cfg.image_size)
+            images, labels, classes, skipped = class_folder(args.folder, vq.cfg.image_size)
             tasks = [f"{len(classes)} classes"]
             if skipped:
                 print(f"skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}")
         else:
-            if vqgan.cfg.image_size != shapes.ShapesConfig().image_size:
-                raise ValueError(f"{args.ckpt} takes {vqgan.cfg.image_size}px images, not shapes pictures: "
+            if vq.cfg.image_size != shapes.ShapesConfig().image_size:
+                raise ValueError(f"{args.ckpt} takes {vq.cfg.image_size}px images, not shapes pictures: "
                                  "use --folder")
             images, _, labels = shapes.examples(args.shapes, args.seed)
             tasks = list(shapes.LABELS)
         cfg = ProbeConfig(epochs=args.epochs)
-        scores = probe(model, vqgan, images, labels, cfg, layer=args.layer, key=jax.random.key(args.seed))
+        scores = probe(model, vq, images, labels, cfg, layer=args.layer, key=jax.random.key(args.seed))
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     layers = f"layer {args.layer}" if args.layer is not None else f"all {model.cfg.depth} layers"

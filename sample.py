@@ -182,8 +182,7 @@ def unconditional(model, lengths, cfg, guidance=0.0, *, key):
     Ancestral sampling of p(x, y) = p(y) p(x | y): a joint decode of an all-[MASK] sequence draws the
     caption y (and a first picture, dropped), then the picture is drawn again from y alone, as text->image
     draws it, with the same classifier-free guidance on that caption. Drawing the picture directly with no
-    caption (text slots PAD, as image-only training data) gave fewer valid shapes pictures with the model
-    shipped before (90-93% against 97%)."""
+    caption (text slots PAD, as image-only training data) gives fewer valid shapes pictures."""
     mcfg = model.cfg
     text = jnp.where(jnp.arange(mcfg.text_tokens) < lengths[:, None], mcfg.mask_id, mcfg.pad_id)  # (n, Nt)
     seqs = jnp.concatenate([jnp.full((len(lengths), mcfg.image_tokens), mcfg.mask_id), text], axis=-1)  # (n, L)
@@ -244,12 +243,12 @@ def keep_mask(box, image_path, cfg, size):
 # Pictures out
 
 
-def pictures(tokenizer_model, states, cfg):
+def pictures(vq, states, cfg):
     """States (..., L) -> uint8 pictures (..., H, W, 3); still-masked cells painted grey."""
     image = np.asarray(states)[..., :cfg.image_tokens]
     masked = image == cfg.mask_id
     flat = np.where(masked, 0, image).reshape(-1, cfg.image_tokens)
-    out = vqgan.decode_tokens(tokenizer_model, flat)  # (N, H, W, 3)
+    out = vqgan.decode_tokens(vq, flat)  # (N, H, W, 3)
     out = np.where(cell_pixels(masked.reshape(-1, cfg.image_tokens), out.shape[1]), 128, out).astype(np.uint8)
     return out.reshape(*image.shape[:-1], *out.shape[1:])
 
@@ -274,7 +273,7 @@ def save_grid(images, path):
 INPAINT_GUIDANCE = 1.0  # on the shapes eval's inpainting, 1 draws the prompt right more often than 0 or 3
 
 
-def inpaint(model, tokenizer_model, images, keep, text, cfg, guidance=INPAINT_GUIDANCE, *, key):
+def inpaint(model, vq, images, keep, text, cfg, guidance=INPAINT_GUIDANCE, *, key):
     """Redraws the cells of images uint8 (B, S, S, 3) where keep (B, Ni) is False as text ids (B, Nt) say
     -> (the tokens (B, L) of the last pass, its states (T, B, L)); the last state holds those kept tokens.
 
@@ -288,9 +287,9 @@ def inpaint(model, tokenizer_model, images, keep, text, cfg, guidance=INPAINT_GU
     fill = np.stack([np.median(image[cells[..., 0]], axis=0) for image, cells in zip(images, kept)])  # (B, 3)
     redrawn = np.where(kept, images, fill[:, None, None].astype(np.uint8))
     for pass_key in jax.random.split(key, 2):
-        tokens = inputs(model.cfg, len(images), vqgan.encode_images(tokenizer_model, redrawn), text, keep)
+        tokens = inputs(model.cfg, len(images), vqgan.encode_images(vq, redrawn), text, keep)
         states = generate(model, tokens, cfg, guidance, key=pass_key)
-        redrawn = np.where(kept, images, pictures(tokenizer_model, states[-1], model.cfg))
+        redrawn = np.where(kept, images, pictures(vq, states[-1], model.cfg))
     return tokens, states
 
 
@@ -326,13 +325,13 @@ def load(ckpt):
     """-> (UPGen, text tokenizer, VQGAN) from a folder holding upgen.eqx and vqgan.eqx."""
     try:
         model, tokenizer = upgen.load_upgen(Path(ckpt) / "upgen.eqx")
-        tokenizer_model = vqgan.load_vqgan(Path(ckpt) / "vqgan.eqx")
+        vq = vqgan.load_vqgan(Path(ckpt) / "vqgan.eqx")
     except (ValueError, OSError) as e:
         raise ValueError(f"{e}; make a checkpoint with `python train.py --out {ckpt}`") from None
-    if (tokenizer_model.cfg.codebook_size, tokenizer_model.cfg.tokens_per_side ** 2) != (
+    if (vq.cfg.codebook_size, vq.cfg.tokens_per_side ** 2) != (
             model.cfg.image_codes, model.cfg.image_tokens):
         raise ValueError(f"{ckpt}: vqgan.eqx and upgen.eqx do not belong together (codebook or token count differ)")
-    return model, tokenizer, tokenizer_model
+    return model, tokenizer, vq
 
 
 def run(args):
@@ -342,13 +341,13 @@ def run(args):
         raise ValueError("--keep needs --image: it says which part of that image to keep")
     if args.image and args.prompt is not None and args.keep is None:
         raise ValueError("--image with --prompt is inpainting: add --keep x0,y0,x1,y1, the part of the image to keep")
-    model, tokenizer, tokenizer_model = load(args.ckpt)
+    model, tokenizer, vq = load(args.ckpt)
     cfg = DecodeConfig(args.steps, args.temperature, args.choice_temperature)
-    mcfg, size = model.cfg, tokenizer_model.cfg.image_size
+    mcfg, size = model.cfg, vq.cfg.image_size
     key = jax.random.key(args.seed)
     if args.eval:
         import shapes  # the shapes eval builds on this file
-        return shapes.evaluate(model, tokenizer, tokenizer_model, cfg, key=key)
+        return shapes.evaluate(model, tokenizer, vq, cfg, key=key)
     if args.bench:
         return bench(model, cfg, args.n, key=key)
     prompt = None
@@ -359,7 +358,7 @@ def run(args):
             print("note: empty prompt, so the pictures are unconditional", file=sys.stderr)
     length_key, key = jax.random.split(key)
     if args.image and args.keep is None:  # image -> text
-        codes = vqgan.encode_images(tokenizer_model, data.load_image(args.image, size)[None])
+        codes = vqgan.encode_images(vq, data.load_image(args.image, size)[None])
         for ids in write_text(model, jnp.tile(jnp.asarray(codes), (args.n, 1)), length_prior(tokenizer), cfg, key=key):
             print(tokenizer.decode(ids))
         return
@@ -372,13 +371,13 @@ def run(args):
     elif args.keep is not None:
         image = np.repeat(data.load_image(args.image, size)[None], args.n, axis=0)  # (n, S, S, 3)
         keep = np.tile(keep_mask(args.keep, args.image, mcfg, size), (args.n, 1))
-        _, states = inpaint(model, tokenizer_model, image, keep, prompt, cfg, guidance, key=key)
+        _, states = inpaint(model, vq, image, keep, prompt, cfg, guidance, key=key)
     else:  # text -> image
         states = generate(model, inputs(mcfg, args.n, text=prompt), cfg, guidance, key=key)
-    save_grid(pictures(tokenizer_model, states[-1:], mcfg), args.out)
+    save_grid(pictures(vq, states[-1:], mcfg), args.out)
     if args.show_steps:
         steps_path = Path(args.out).with_name(Path(args.out).stem + "_steps.png")
-        save_grid(pictures(tokenizer_model, jnp.swapaxes(states, 0, 1), mcfg), steps_path)
+        save_grid(pictures(vq, jnp.swapaxes(states, 0, 1), mcfg), steps_path)
     if unconditional_pairs:
         for ids in tokenizer_ids(mcfg, states[-1, :, mcfg.image_tokens:]):
             print(tokenizer.decode(ids))

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
+import data
 import sample
 import vqgan
 
@@ -199,7 +200,7 @@ def inpainting_cases(n, seed, cfg=ShapesConfig(), grid=8):
     return np.stack(images), np.stack(keeps), np.array(prompts, np.int32)
 
 
-def evaluate(model, tokenizer, tokenizer_model, cfg, *, key, batch=256):
+def evaluate(model, tokenizer, vq, cfg, *, key, batch=256):
     """Prints text->image, image->text, unconditional and inpainting accuracy on the shapes world."""
     mcfg, start = model.cfg, time.perf_counter()
     t2i_key, i2t_key, uncond_key = jax.random.split(key, 3)
@@ -207,8 +208,8 @@ def evaluate(model, tokenizer, tokenizer_model, cfg, *, key, batch=256):
     all_labels = list(itertools.product(*(range(k) for k in ranges)))  # the 180 descriptions
 
     def draw(f, x, key):  # f(chunk of x, key) -> states; -> (final states, what read_picture sees in each)
-        finals = vqgan.in_batches(lambda chunk, k: f(chunk, k)[-1], x, batch, key=key)
-        return finals, [read_picture(p) for p in sample.pictures(tokenizer_model, finals, mcfg)]
+        finals = data.in_batches(lambda chunk, k: f(chunk, k)[-1], x, batch, key=key)
+        return finals, [read_picture(p) for p in sample.pictures(vq, finals, mcfg)]
 
     prompts = np.concatenate([sample.inputs(mcfg, 1, text=tokenizer.encode(canonical_caption(lab)))
                               for lab in all_labels])
@@ -217,10 +218,10 @@ def evaluate(model, tokenizer, tokenizer_model, cfg, *, key, batch=256):
     print(f"text->image: {right:.1%} of the 180 canonical prompts drawn with all four attributes right")
 
     images, _, labels = examples(100, seed=20261125, varied=False)  # fresh pictures, not a training seed
-    codes = vqgan.encode_images(tokenizer_model, images)
+    codes = vqgan.encode_images(vq, images)
     # write_text decodes a caption of every length per picture: 100 pictures, in small batches
     prior = sample.length_prior(tokenizer)
-    texts = vqgan.in_batches(lambda c, k: sample.write_text(model, c, prior, cfg, key=k), codes, batch // 8,
+    texts = data.in_batches(lambda c, k: sample.write_text(model, c, prior, cfg, key=k), codes, batch // 8,
                              key=i2t_key)
     captions = [tokenizer.decode(t) for t in texts]
     right = np.mean([parse_caption(c) == tuple(lab) for c, lab in zip(captions, labels)])
@@ -238,8 +239,8 @@ def evaluate(model, tokenizer, tokenizer_model, cfg, *, key, batch=256):
 
     images, keep, labels = inpainting_cases(200, seed=20261126)  # fresh pictures, not a training seed
     texts = np.stack([tokenizer.encode(canonical_caption(lab)) for lab in labels])
-    tokens, states = sample.inpaint(model, tokenizer_model, images, keep, texts, cfg, key=jax.random.fold_in(key, 3))
-    drawn = sample.pictures(tokenizer_model, states[-1], mcfg)
+    tokens, states = sample.inpaint(model, vq, images, keep, texts, cfg, key=jax.random.fold_in(key, 3))
+    drawn = sample.pictures(vq, states[-1], mcfg)
     right = np.array([read_picture(p) == tuple(lab) for p, lab in zip(drawn, labels)])
     kept = sample.cell_pixels(keep, images.shape[1])[..., 0]  # (200, S, S)
     same_tokens = np.all((states[-1] == tokens)[:, :mcfg.image_tokens] | ~keep, axis=1)

@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -94,8 +95,8 @@ def image_tokenizer(out: Path, given: str, images: str, minutes: float, log):
         train_pictures = pictures[len(held_out):] if len(pictures) > 1 else pictures
         vq = vqgan_train.train_vqgan(path, train=budget, images=train_pictures)
         again = vqgan.decode_tokens(vq, vqgan.encode_images(vq, held_out))
-        psnr = 10 * np.log10(255 ** 2 / np.mean((again.astype(np.float64) - held_out) ** 2))
-        log(f"image tokenizer: {path} reconstructs {len(held_out)} held-out pictures of yours at PSNR {psnr:.1f} dB")
+        log(f"image tokenizer: {path} reconstructs {len(held_out)} held-out pictures of yours at PSNR "
+            f"{vqgan_train.psnr(held_out, again):.1f} dB")
     return vqgan.load_vqgan(path), path
 
 
@@ -207,7 +208,8 @@ def train_step(model, opt_state, tokens, kinds, lr, key, optimizer, mesh):
 
 
 @eqx.filter_jit
-def init_state(mcfg, tcfg, optimizer, *, key):
+def init_state(mcfg, optimizer, *, key):
+    """A fresh model and its optimiser state."""
     model = upgen.UPGen(mcfg, key=key)
     return model, optimizer.init(eqx.filter(model, eqx.is_inexact_array))
 
@@ -228,15 +230,23 @@ def state_files(out: Path):
     return sorted(out.glob("state_*.eqx"), key=lambda p: int(p.stem.split("_")[1]))
 
 
-def load_state(path: Path):
-    """-> (step, model, opt_state, UPGenConfig, TrainConfig, Tokenizer) from a state_<step>.eqx."""
+class Saved(NamedTuple):
+    """What a state_<step>.eqx holds."""
+    step: int
+    model: upgen.UPGen
+    opt_state: optax.OptState
+    mcfg: upgen.UPGenConfig
+    tcfg: TrainConfig
+    tokenizer: data.Tokenizer
+
+
+def load_state(path: Path) -> Saved:
     def skeleton(header):
         mcfg, tcfg = upgen.UPGenConfig(**header["upgen"]), train_config(header["train"])
-        return eqx.filter_eval_shape(init_state, mcfg, tcfg, make_optimizer(tcfg), key=jax.random.key(0))
+        return eqx.filter_eval_shape(init_state, mcfg, make_optimizer(tcfg), key=jax.random.key(0))
     header, (model, opt_state) = data.load_checkpoint(path, skeleton)
-    tokenizer = data.tokenizer_from_header(header["tokenizer"])
-    return (header["step"], model, opt_state, upgen.UPGenConfig(**header["upgen"]),
-            train_config(header["train"]), tokenizer)
+    return Saved(header["step"], model, opt_state, upgen.UPGenConfig(**header["upgen"]),
+                 train_config(header["train"]), data.tokenizer_from_header(header["tokenizer"]))
 
 
 def train_config(fields: dict) -> TrainConfig:
@@ -244,7 +254,108 @@ def train_config(fields: dict) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The run
+# The run: configuration, then the loop, then the model and a few samples
+
+
+def open_log(out: Path, started: float, process: int):
+    """-> log(line): on process 0, prints the line after the seconds since `started` and appends it to train.log."""
+    if process:
+        return lambda line: None
+    file = open(out / "train.log", "a")
+
+    def log(line):
+        line = f"[{time.perf_counter() - started:5.0f} s] {line}"
+        tqdm.write(line)
+        file.write(line + "\n")
+        file.flush()
+    return log
+
+
+def check_config(tcfg: TrainConfig, minutes: float):
+    """One-line errors for settings that cannot train."""
+    problems = [f"--{name} {value:g} must be {rule}" for name, value, ok, rule in [
+        ("batch", tcfg.batch, tcfg.batch >= 1, "at least 1"),
+        ("steps", tcfg.steps, tcfg.steps >= 0, "at least 0 (0 fills the time budget)"),
+        ("lr", tcfg.lr, tcfg.lr > 0, "positive"), ("warmup", tcfg.warmup, tcfg.warmup >= 1, "at least 1"),
+        ("minutes", minutes, minutes >= 0, "positive, or 0 for no budget"),
+        ("clip", tcfg.clip, tcfg.clip > 0, "positive")] if not ok]
+    if min(tcfg.mix) < 0 or sum(tcfg.mix) <= 0:
+        problems.append(f"--mix {' '.join(map(str, tcfg.mix))}: give three shares >= 0, not all 0")
+    if tcfg.text and not tcfg.mix[2]:
+        problems.append("--text needs a text-only share in --mix, e.g. --mix 0.7 0.15 0.15 (the paper's)")
+    if tcfg.batch % jax.device_count():
+        problems.append(f"--batch {tcfg.batch} must be a multiple of the {jax.device_count()} devices")
+    if not minutes and not tcfg.steps:
+        problems.append("--minutes 0 needs --steps N: give the run a length or a time budget")
+    if problems:
+        raise ValueError(problems[0])
+
+
+def run_config(args, out: Path, log):
+    """-> (TrainConfig, the saved state when resuming else None, the run's budget in minutes, 0 = none).
+
+    A budget applies when asked for, or when no step count is: then the loop times its steps and sets the step
+    count, and with it the learning-rate schedule, to fill the budget."""
+    if args.resume:
+        if not state_files(out):
+            raise ValueError(f"--resume: no state_<step>.eqx in {out}; run without --resume to start")
+        saved = load_state(state_files(out)[-1])
+        tcfg = dataclasses.replace(saved.tcfg, steps=args.steps or saved.tcfg.steps)
+        log(f"resuming {state_files(out)[-1]} at step {saved.step}")
+    else:
+        saved, tcfg = None, TrainConfig(images=args.images, shapes=args.shapes, text=args.text, mix=tuple(args.mix),
+                                        steps=args.steps or 0, batch=args.batch, lr=args.lr, warmup=args.warmup,
+                                        weight_decay=args.weight_decay, clip=args.clip, seed=args.seed)
+    minutes = args.minutes if args.minutes is not None else 0 if tcfg.steps else DEFAULT_MINUTES
+    check_config(tcfg, minutes)
+    log(f"time budget: {minutes} min for the whole run (data, training, samples); "
+        + ("the step count is set from the measured step time" if not tcfg.steps else
+           f"stops early at the budget, else after {tcfg.steps} steps") if minutes else
+        f"no time budget: {tcfg.steps} steps")
+    return tcfg, saved, minutes
+
+
+def model_config(args, vq, tokenizer) -> upgen.UPGenConfig:
+    """The transformer for this tokenizer pair, shaped and weighted by the command line."""
+    objective = upgen.PAPER_OBJECTIVE if args.paper_objective else dict(
+        paired_text_weight=args.paired_text_weight, unpaired_text_weight=args.unpaired_text_weight)
+    return upgen.UPGenConfig(image_codes=vq.cfg.codebook_size, image_tokens=vq.cfg.tokens_per_side ** 2,
+                             text_vocab=tokenizer.vocab_size, text_tokens=args.text_tokens, width=args.width,
+                             depth=args.depth, heads=args.heads, mlp=args.mlp, compute_dtype=args.compute_dtype,
+                             **objective)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The run's wall clock: `minutes` (0 = none) from `started`, less FINISH_SECONDS kept for the end."""
+    started: float
+    minutes: float
+
+    def seconds_left(self) -> float:
+        return 60 * self.minutes - FINISH_SECONDS - (time.perf_counter() - self.started)
+
+    def spent(self) -> bool:
+        """Process 0's clock decides, so that every host stops at the same step."""
+        return bool(self.minutes) and bool(on_every_host(np.array(self.seconds_left() < 0)))
+
+    def steps(self, step: int, step_seconds: float) -> int:
+        """The step count that ends training when the budget is spent, at step_seconds a step."""
+        return int(on_every_host(np.array(step + max(0, int(self.seconds_left() / step_seconds)))))
+
+
+def on_every_host(x):
+    """Process 0's value of a small numpy array, on every host."""
+    return multihost_utils.broadcast_one_to_all(x) if jax.process_count() > 1 else x
+
+
+def log_metrics(pending, step, tcfg, mcfg, seconds, bar, log):
+    """One log line: mean loss and accuracies of the steps since the last line, and their tokens/s."""
+    losses, metrics = zip(*jax.device_get(pending))
+    line = {"loss": np.mean(losses), **{k: np.mean([m[k] for m in metrics]) for k in metrics[0]}}
+    if seconds is not None:  # the first interval holds the compilation, so it gives no speed
+        line["tok/s"] = len(pending) * tcfg.batch * mcfg.seq_len / seconds
+    bar.set_postfix({k: f"{v:.3g}" for k, v in line.items()})
+    log(f"step {step} lr {learning_rate(step - 1, tcfg):.2e} " + " ".join(f"{k} {v:.4g}" for k, v in line.items()))
 
 
 def write_samples(model, vq, tokenizer, prompts, path: Path, *, key):
@@ -254,133 +365,70 @@ def write_samples(model, vq, tokenizer, prompts, path: Path, *, key):
     sample.save_grid(sample.pictures(vq, states[-1], model.cfg)[None], path)
 
 
-def check_config(tcfg: TrainConfig, args):
-    """One-line errors for settings that cannot train."""
-    problems = [f"--{name} {value:g} must be {rule}" for name, value, ok, rule in [
-        ("batch", tcfg.batch, tcfg.batch >= 1, "at least 1"),
-        ("steps", tcfg.steps, tcfg.steps >= 0, "at least 0 (0 fills the time budget)"),
-        ("lr", tcfg.lr, tcfg.lr > 0, "positive"), ("warmup", tcfg.warmup, tcfg.warmup >= 1, "at least 1"),
-        ("minutes", args.minutes or 0, (args.minutes or 0) >= 0, "positive, or 0 for no budget"),
-        ("clip", tcfg.clip, tcfg.clip > 0, "positive")] if not ok]
-    if min(tcfg.mix) < 0 or sum(tcfg.mix) <= 0:
-        problems.append(f"--mix {' '.join(map(str, tcfg.mix))}: give three shares >= 0, not all 0")
-    if tcfg.text and not tcfg.mix[2]:
-        problems.append("--text needs a text-only share in --mix, e.g. --mix 0.7 0.15 0.15 (the paper's)")
-    if tcfg.batch % jax.device_count():
-        problems.append(f"--batch {tcfg.batch} must be a multiple of the {jax.device_count()} devices")
-    if problems:
-        raise ValueError(problems[0])
-
-
 def train(args):
     started = time.perf_counter()
-    out = Path(args.out)
+    out, process, processes = Path(args.out), jax.process_index(), jax.process_count()
     out.mkdir(parents=True, exist_ok=True)
-    process, processes = jax.process_index(), jax.process_count()
-    log_file = open(out / "train.log", "a") if process == 0 else None
-
-    def log(line):
-        if process == 0:
-            line = f"[{time.perf_counter() - started:5.0f} s] {line}"
-            tqdm.write(line)
-            log_file.write(line + "\n")
-            log_file.flush()
-
-    if args.resume:
-        if not state_files(out):
-            raise ValueError(f"--resume: no state_<step>.eqx in {out}; run without --resume to start")
-        start, model, opt_state, mcfg, tcfg, tokenizer = load_state(state_files(out)[-1])
-        tcfg = dataclasses.replace(tcfg, steps=args.steps or tcfg.steps)
-        log(f"resuming {state_files(out)[-1]} at step {start}")
-    else:
-        tcfg = TrainConfig(images=args.images, shapes=args.shapes, text=args.text, mix=tuple(args.mix),
-                           steps=args.steps or 0, batch=args.batch, lr=args.lr,
-                           warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip, seed=args.seed)
-    check_config(tcfg, args)
-    # A budget applies when asked for, or when no step count is: then the run measures its own step at
-    # step SIZING_STEPS and sets the step count (and the learning-rate schedule) to fill the budget.
-    minutes = args.minutes if args.minutes is not None else (0 if tcfg.steps else DEFAULT_MINUTES)
-    if not minutes and not tcfg.steps:
-        raise ValueError("--minutes 0 needs --steps N: give the run a length or a time budget")
-    log(f"time budget: {minutes} min for the whole run (data, training, samples); "
-        + ("the step count is set from the measured step time" if not tcfg.steps else
-           f"stops early at the budget, else after {tcfg.steps} steps") if minutes else
-        f"no time budget: {tcfg.steps} steps")
+    log = open_log(out, started, process)
+    tcfg, saved, minutes = run_config(args, out, log)
+    budget = Budget(started, minutes)
     vq, vq_path = image_tokenizer(out, args.vqgan, tcfg.images, minutes, log)
-    text_tokens, folder = mcfg.text_tokens if args.resume else args.text_tokens, Path(args.shards or out / "shards")
-    shards_tokenizer, images, texts = load_corpus(tcfg, vq_path, folder, out, text_tokens, log, process=process,
-                                                  processes=processes)
-    if not args.resume:  # the shards' vocabulary, and the caption-length prior of sample.write_text counted over
-        #                  this host's captions (process 0's is saved)
-        tokenizer = shards_tokenizer
-        objective = upgen.PAPER_OBJECTIVE if args.paper_objective else dict(
-            paired_text_weight=args.paired_text_weight, unpaired_text_weight=args.unpaired_text_weight)
-        mcfg = upgen.UPGenConfig(image_codes=vq.cfg.codebook_size, image_tokens=vq.cfg.tokens_per_side ** 2,
-                                 text_vocab=tokenizer.vocab_size, text_tokens=args.text_tokens,
-                                 width=args.width, depth=args.depth, heads=args.heads, mlp=args.mlp,
-                                 compute_dtype=args.compute_dtype, **objective)
-    elif tokenizer.words != shards_tokenizer.words:
-        raise ValueError(f"the shards in {folder} have another vocabulary than the run's")
-
+    text_tokens = saved.mcfg.text_tokens if saved else args.text_tokens
+    tokenizer, images, texts = load_corpus(tcfg, vq_path, Path(args.shards or out / "shards"), out, text_tokens,
+                                           log, process=process, processes=processes)
     optimizer, mesh = make_optimizer(tcfg), make_mesh()
     init_key, train_key = jax.random.split(jax.random.key(tcfg.seed))
-    if not args.resume:
-        start, (model, opt_state) = 0, init_state(mcfg, tcfg, optimizer, key=init_key)
+    if saved:
+        if saved.tokenizer.words != tokenizer.words:
+            raise ValueError(f"the shards in {args.shards or out / 'shards'} have another vocabulary than the run's")
+        start, model, opt_state, mcfg = saved.step, saved.model, saved.opt_state, saved.mcfg
+    else:
+        mcfg = model_config(args, vq, tokenizer)
+        start, (model, opt_state) = 0, init_state(mcfg, optimizer, key=init_key)
     model, opt_state = replicate((model, opt_state), mesh)
     counts = kind_counts(tcfg.batch // processes, tcfg.mix)
     log(f"UPGen {upgen.count_params(model) / 1e6:.2f}M params; {mcfg}")
-    log(f"{tcfg}; {len(jax.devices())} devices, {processes} host(s); pools "
-        f"{[sum(map(len, images)), sum(map(len, images)), sum(map(len, texts))]}")
+    log(f"{tcfg}; {len(jax.devices())} devices, {processes} host(s); this host draws from "
+        f"{sum(map(len, images))} pictures and {sum(map(len, texts))} texts (the captions when no --text)")
 
-    stop_after = start + args.stop_after if args.stop_after else math.inf
+    end = min(start + args.stop_after if args.stop_after else math.inf, tcfg.steps or math.inf)
     bar = tqdm(initial=start, total=tcfg.steps or None, disable=process != 0, desc="train")
     step, pending, clock = start, [], None
-    while step < min(tcfg.steps or math.inf, stop_after):
+    while step < end:
         tokens, kinds = global_batch(mesh, *local_batch((images, texts), step, counts, mcfg, seed=tcfg.seed,
                                                           process=process))
-        model, opt_state, loss, metrics = train_step(model, opt_state, tokens, kinds,
-                                                     jnp.float32(learning_rate(step, tcfg)),
-                                                     jax.random.fold_in(train_key, step), optimizer, mesh)
+        lr, key = jnp.float32(learning_rate(step, tcfg)), jax.random.fold_in(train_key, step)
+        model, opt_state, loss, metrics = train_step(model, opt_state, tokens, kinds, lr, key, optimizer, mesh)
         pending.append((loss, metrics))
-        step, out_of_time = step + 1, False
+        step += 1
         bar.update()
-        if not tcfg.steps and step - start in (SIZING_STEPS // 4, SIZING_STEPS):  # the budget sets the length
+        if not tcfg.steps and step - start == SIZING_STEPS // 4:  # the steps before this hold the compilation
             jax.block_until_ready(loss)
-            if step - start < SIZING_STEPS:
-                sizing_clock = time.perf_counter()  # the first steps hold the compilation
-            else:
-                step_time = (time.perf_counter() - sizing_clock) / (SIZING_STEPS - SIZING_STEPS // 4)
-                left = 60 * minutes - (time.perf_counter() - started) - FINISH_SECONDS
-                steps = np.array(step + max(0, int(left / step_time)))
-                steps = int(multihost_utils.broadcast_one_to_all(steps)) if processes > 1 else int(steps)
-                tcfg = dataclasses.replace(tcfg, steps=steps)
-                bar.total = steps
-                log(f"{step_time * 1e3:.0f} ms/step: {steps} steps fill the {minutes}-minute budget")
-        if step % args.log_every == 0 or step == tcfg.steps or step == stop_after:
-            out_of_time = bool(minutes) and time.perf_counter() - started > 60 * minutes - FINISH_SECONDS
-            if processes > 1:  # process 0's clock decides, so that every host stops at the same step
-                out_of_time = bool(multihost_utils.broadcast_one_to_all(np.array(out_of_time)))
-            losses, accs = zip(*jax.device_get(pending))
-            line = {"loss": np.mean(losses), **{k: np.mean([a[k] for a in accs]) for k in accs[0]}}
-            if clock is not None:  # the first interval holds the compilation, so it gives no speed
-                line["tok/s"] = len(pending) * tcfg.batch * mcfg.seq_len / (time.perf_counter() - clock)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in line.items()})
-            log(f"step {step} lr {learning_rate(step - 1, tcfg):.2e} "
-                + " ".join(f"{k} {v:.4g}" for k, v in line.items()))
+            sizing_clock = time.perf_counter()
+        if not tcfg.steps and step - start == SIZING_STEPS:  # the measured step time sets the run's length
+            jax.block_until_ready(loss)
+            step_seconds = (time.perf_counter() - sizing_clock) / (SIZING_STEPS - SIZING_STEPS // 4)
+            tcfg = dataclasses.replace(tcfg, steps=budget.steps(step, step_seconds))
+            end, bar.total = min(end, tcfg.steps), tcfg.steps
+            log(f"{step_seconds * 1e3:.0f} ms/step: {tcfg.steps} steps fill the {minutes}-minute budget")
+        out_of_time = False
+        if step % args.log_every == 0 or step == end:
+            out_of_time = step < end and budget.spent()
+            log_metrics(pending, step, tcfg, mcfg, None if clock is None else time.perf_counter() - clock, bar, log)
             pending, clock = [], time.perf_counter()
-        last = step == tcfg.steps or step == stop_after or out_of_time
-        if (step % args.save_every == 0 or last) and args.keep > 0 and process == 0:
+        if (step % args.save_every == 0 or step == end or out_of_time) and args.keep > 0 and process == 0:
             save_state(out, step, model, opt_state, mcfg, tcfg, tokenizer, args.keep)
         if out_of_time:
             log(f"stopping at step {step}: the {minutes}-minute budget is spent (--resume continues)")
             break
     bar.close()
+
     model = host_copy(model)
     if process == 0:
         upgen.save_upgen(out / "upgen.eqx", model, tokenizer)
         log(f"wrote {out / 'upgen.eqx'}")
         if args.samples:
-            prompts = [tokenizer.decode(row[vq.cfg.tokens_per_side ** 2:]) for row in images[0][:args.samples]]
+            prompts = [tokenizer.decode(row[mcfg.image_tokens:]) for row in images[0][:args.samples]]
             write_samples(model, vq, tokenizer, prompts, out / "samples.png", key=jax.random.key(tcfg.seed))
             log("samples.png shows, left to right: " + "; ".join(prompts))
     return model
@@ -389,61 +437,67 @@ def train(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d, m = TrainConfig(), upgen.UPGenConfig(image_codes=0, text_vocab=0)
-    p.add_argument("--out", default="runs/shapes", help="run folder: vqgan.eqx, shards/, shapes/ (the shapes "
-                                                         "world's .tar), state_<step>.eqx, upgen.eqx, train.log")
-    p.add_argument("--vqgan", default="", help="image tokenizer to copy into --out when it has none (default: the "
-                                               "shapes one for the shapes world, one trained on yours for --images)")
-    p.add_argument("--shards", default="", help="token shards (shards.py), tokenised into it first when missing "
-                                                "(default: OUT/shards)")
-    p.add_argument("--images", default=d.images, help="image-caption pairs: folder of a.jpg + a.txt, a .tar, or "
+    g = p.add_argument_group("data")
+    g.add_argument("--images", default=d.images, help="image-caption pairs: folder of a.jpg + a.txt, a .tar, or "
                                                       "comma-separated .tar globs or brace patterns (default: shapes)")
-    p.add_argument("--shapes", type=int, default=d.shapes, help="shapes-world examples when --images is not given")
-    p.add_argument("--text", default=d.text, help="unpaired text: a .txt file or folder, one document per line")
-    p.add_argument("--mix", type=float, nargs=3, default=d.mix, metavar=("PAIRED", "IMAGE", "TEXT"),
+    g.add_argument("--shapes", type=int, default=d.shapes, help="shapes-world examples when --images is not given")
+    g.add_argument("--text", default=d.text, help="unpaired text: a .txt file or folder, one document per line")
+    g.add_argument("--mix", type=float, nargs=3, default=d.mix, metavar=("PAIRED", "IMAGE", "TEXT"),
                    help="batch shares of paired, image-only and text-only examples")
-    p.add_argument("--steps", type=int, default=None,
-                   help="total optimiser steps (default: as many as fit in --minutes; with --resume, the saved run's)")
-    p.add_argument("--stop-after", type=int, default=0,
-                   help="stop after this many steps of this invocation (split a run into jobs; 0 = run to --steps)")
-    p.add_argument("--batch", type=int, default=d.batch, help="global batch size (all devices, all hosts)")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay of the matrices")
-    p.add_argument("--clip", type=float, default=d.clip, help="global gradient-norm clip")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the init, the masks and the batch order")
-    p.add_argument("--width", type=int, default=m.width, help="transformer width")
-    p.add_argument("--depth", type=int, default=m.depth, help="transformer blocks")
-    p.add_argument("--heads", type=int, default=m.heads, help="attention heads")
-    p.add_argument("--mlp", type=int, default=m.mlp, help="MLP hidden units per block")
-    p.add_argument("--text-tokens", type=int, default=m.text_tokens, help="text tokens per example")
-    p.add_argument("--paired-text-weight", type=float, default=m.paired_text_weight,
+    g.add_argument("--vqgan", default="", help="image tokenizer to copy into --out when it has none (default: the "
+                                               "shapes one for the shapes world, one trained on yours for --images)")
+    g.add_argument("--shards", default="", help="token shards (shards.py), tokenised into it first when missing "
+                                                "(default: OUT/shards)")
+    g = p.add_argument_group("model")
+    g.add_argument("--width", type=int, default=m.width, help="transformer width")
+    g.add_argument("--depth", type=int, default=m.depth, help="transformer blocks")
+    g.add_argument("--heads", type=int, default=m.heads, help="attention heads")
+    g.add_argument("--mlp", type=int, default=m.mlp, help="MLP hidden units per block")
+    g.add_argument("--text-tokens", type=int, default=m.text_tokens, help="text tokens per example")
+    g.add_argument("--paired-text-weight", type=float, default=m.paired_text_weight,
                    help="loss weight of a masked caption token (image tokens weigh 1)")
-    p.add_argument("--unpaired-text-weight", type=float, default=m.unpaired_text_weight,
+    g.add_argument("--unpaired-text-weight", type=float, default=m.unpaired_text_weight,
                    help="loss weight of a masked token of text-only data")
-    p.add_argument("--paper-objective", action="store_true",
+    g.add_argument("--paper-objective", action="store_true",
                    help="the paper's exact objective: one mask ratio for picture and caption, text weights 0.1 and "
                         "0.01 (overrides the two weights above)")
-    p.add_argument("--compute-dtype", default=m.compute_dtype, choices=("float32", "bfloat16"),
+    g.add_argument("--compute-dtype", default=m.compute_dtype, choices=("float32", "bfloat16"),
                    help="matmul dtype (bfloat16 on accelerators)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest state_<step>.eqx in --out (its saved config)")
-    p.add_argument("--keep", type=int, default=2,
-                   help="state_<step>.eqx files to keep (0 = none, only upgen.eqx at the end)")
-    p.add_argument("--save-every", type=int, default=500, help="steps between state checkpoints")
-    p.add_argument("--log-every", type=int, default=50, help="steps between log lines")
-    p.add_argument("--minutes", type=float, default=None,
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=None,
+                   help="total optimiser steps (default: as many as fit in --minutes; with --resume, the saved run's)")
+    g.add_argument("--batch", type=int, default=d.batch, help="global batch size (all devices, all hosts)")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    g.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay of the matrices")
+    g.add_argument("--clip", type=float, default=d.clip, help="global gradient-norm clip")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of the init, the masks and the batch order")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default="runs/shapes", help="run folder: vqgan.eqx, shards/, shapes/ (the shapes "
+                                                         "world's .tar), state_<step>.eqx, upgen.eqx, train.log")
+    g.add_argument("--minutes", type=float, default=None,
                    help=f"wall-clock budget of the whole run: without --steps, the run sets its step count to fill it"
                         f" (default {DEFAULT_MINUTES:g}); past it, save and stop (0 = none)")
-    p.add_argument("--samples", type=int, default=8,
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the newest state_<step>.eqx in --out (its saved config)")
+    g.add_argument("--stop-after", type=int, default=0,
+                   help="stop after this many steps of this invocation (split a run into jobs; 0 = run to --steps)")
+    g.add_argument("--keep", type=int, default=2,
+                   help="state_<step>.eqx files to keep (0 = none, only upgen.eqx at the end)")
+    g.add_argument("--save-every", type=int, default=500, help="steps between state checkpoints")
+    g.add_argument("--log-every", type=int, default=50, help="steps between log lines")
+    g.add_argument("--samples", type=int, default=8,
                    help="pictures drawn at the end from the first training captions (0 = none)")
-    p.add_argument("--bench", action="store_true",
+    g = p.add_argument_group("pods")
+    g.add_argument("--tpu", action="store_true",
+                   help="multi-host TPU: jax.distributed.initialize() first; run on every host")
+    g = p.add_argument_group("benchmark")
+    g.add_argument("--bench", action="store_true",
                    help="print the train step's tokens/s and MFU beside a reference step (bench.py)")
-    p.add_argument("--bench-steps", type=int, default=20, help="timed steps per --bench config")
-    p.add_argument("--peak-flops", type=float, default=0.0,
+    g.add_argument("--bench-steps", type=int, default=20, help="timed steps per --bench config")
+    g.add_argument("--peak-flops", type=float, default=0.0,
                    help="peak FLOP/s of one device, for MFU (default: a measured matmul; e.g. 989e12 for an H100's "
                         "bf16)")
-    p.add_argument("--tpu", action="store_true",
-                   help="multi-host TPU: jax.distributed.initialize() first; run on every host")
     args = p.parse_args(argv)
     try:
         if args.tpu:

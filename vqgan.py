@@ -21,7 +21,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 import data
 
@@ -231,68 +230,55 @@ def init_vqgan(cfg, *, seed):
     return jax.tree_util.tree_map_with_path(draw, eqx.filter_eval_shape(VQGAN, cfg, key=jax.random.key(0)))
 
 
-def parameter_count(model):
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(model) if hasattr(x, "shape"))
+def parameter_count(vq):
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(vq) if hasattr(x, "shape"))
 
 
 # ----------------------------------------------------------------------------------------------
 # Images in, tokens out, and back.
 
 @eqx.filter_jit
-def _encode(model, images):  # uint8 (B, H, W, 3) -> int32 (B, h*w)
+def _encode(vq, images):  # uint8 (B, H, W, 3) -> int32 (B, h*w)
     x = jnp.moveaxis(images.astype(jnp.float32) / 255, -1, 1)
-    return jax.vmap(model.encode)(x).reshape(images.shape[0], -1).astype(jnp.int32)
+    return jax.vmap(vq.encode)(x).reshape(images.shape[0], -1).astype(jnp.int32)
 
 
 @eqx.filter_jit
-def _decode(model, ids):  # int32 (B, h*w) -> uint8 (B, H, W, 3)
-    side = model.cfg.tokens_per_side
-    x = jax.vmap(model.decode)(ids.reshape(-1, side, side))
+def _decode(vq, ids):  # int32 (B, h*w) -> uint8 (B, H, W, 3)
+    side = vq.cfg.tokens_per_side
+    x = jax.vmap(vq.decode)(ids.reshape(-1, side, side))
     return jnp.round(jnp.clip(jnp.moveaxis(x, 1, -1), 0, 1) * 255).astype(jnp.uint8)
 
 
-def in_batches(f, x, size, *, key):
-    """f(chunk, key) over x (n, ...) in chunks of `size` rows, the last one padded to the same size so
-    that f compiles once and memory stays bounded; each chunk gets its own key -> numpy (n, ...)."""
-    x, size = np.asarray(x), min(size, len(x))
-    keys = jax.random.split(key, -(-len(x) // size))
-    out = []
-    starts = tqdm(range(0, len(x), size), desc="in batches", leave=False, disable=len(keys) == 1)
-    for start, chunk_key in zip(starts, keys):
-        chunk = x[start:start + size]
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
-        out.append(np.asarray(f(jnp.asarray(padded), chunk_key))[:len(chunk)])
-    return np.concatenate(out)
-
-
-def encode_images(model, images, batch=256):
+def encode_images(vq, images, batch=256):
     """uint8 (B, H, W, 3) pictures -> int32 (B, h*w) token ids in raster order, any B."""
     images = np.asarray(images)
-    size = model.cfg.image_size
+    size = vq.cfg.image_size
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
         raise ValueError(f"this tokenizer takes uint8 pictures of shape (B, {size}, {size}, 3), "
                          f"got {images.dtype} {images.shape}; resize them first (e.g. data.load_image)")
     if len(images) == 0:
-        return np.zeros((0, model.cfg.tokens_per_side ** 2), np.int32)
-    return in_batches(lambda chunk, _: _encode(model, chunk), images, batch, key=jax.random.key(0))
+        return np.zeros((0, vq.cfg.tokens_per_side ** 2), np.int32)
+    return data.in_batches(lambda chunk, _: _encode(vq, chunk), images, batch, key=jax.random.key(0))
 
 
-def decode_tokens(model, ids, batch=256):
+def decode_tokens(vq, ids, batch=256):
     """int32 (B, h*w) token ids -> uint8 (B, H, W, 3) pictures, any B."""
     ids = np.asarray(ids)
-    tokens, codes, size = model.cfg.tokens_per_side ** 2, model.cfg.codebook_size, model.cfg.image_size
+    tokens, codes, size = vq.cfg.tokens_per_side ** 2, vq.cfg.codebook_size, vq.cfg.image_size
     if ids.ndim != 2 or ids.shape[1] != tokens or ids.size and not 0 <= ids.min() <= ids.max() < codes:
         raise ValueError(f"this tokenizer decodes ids in [0, {codes}) of shape (B, {tokens}), got {ids.shape}")
     if len(ids) == 0:
         return np.zeros((0, size, size, 3), np.uint8)
-    return in_batches(lambda chunk, _: _decode(model, chunk), ids.astype(np.int32), batch, key=jax.random.key(0))
+    return data.in_batches(lambda chunk, _: _decode(vq, chunk), ids.astype(np.int32), batch,
+                           key=jax.random.key(0))
 
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints: a JSON header with the config, then the arrays (data.save_checkpoint).
 
-def save_vqgan(path, model):
-    data.save_checkpoint(path, {"kind": "vqgan", "config": dataclasses.asdict(model.cfg)}, model)
+def save_vqgan(path, vq):
+    data.save_checkpoint(path, {"kind": "vqgan", "config": dataclasses.asdict(vq.cfg)}, vq)
 
 
 def load_vqgan(path):
@@ -308,7 +294,7 @@ def load_vqgan(path):
 # ----------------------------------------------------------------------------------------------
 # MaskGIT's released tokenizer: its checkpoint is flax.serialization's msgpack of {'params': ...}.
 # A msgpack reader of our own keeps msgpack off the dependency list; maskgit_names maps Flax's names
-# onto this model's arrays.
+# onto this vq's arrays.
 
 def read_msgpack(buf):
     """Decode msgpack bytes (the subset Flax writes) into dicts, lists, str, numbers and numpy arrays.
@@ -371,12 +357,12 @@ def read_msgpack(buf):
     return value
 
 
-def maskgit_names(model):
-    """{name in MaskGIT's Flax checkpoint: the array of model it becomes}, e.g. 'encoder/ResBlock_3/Conv_1/kernel'.
+def maskgit_names(vq):
+    """{name in MaskGIT's Flax checkpoint: the array of vq it becomes}, e.g. 'encoder/ResBlock_3/Conv_1/kernel'.
 
     Flax names a module's children by type and creation order: Conv_0, Conv_1, ..., ResBlock_0, ...
     """
-    names = {"quantizer/codebook": model.quantizer.codebook}
+    names = {"quantizer/codebook": vq.quantizer.codebook}
 
     def conv_(name, c):
         names[f"{name}/kernel"] = c.weight
@@ -395,7 +381,7 @@ def maskgit_names(model):
             if b.shortcut is not None:
                 conv_(f"{prefix}/ResBlock_{i}/Conv_2", b.shortcut)
 
-    enc, dec, cfg = model.encoder, model.decoder, model.cfg
+    enc, dec, cfg = vq.encoder, vq.decoder, vq.cfg
     conv_("encoder/Conv_0", enc.conv_in)
     blocks("encoder", [b for level in enc.levels for b in level] + list(enc.middle))
     if cfg.final_norm:
@@ -433,8 +419,8 @@ def load_maskgit(path, cfg=MASKGIT_IMAGENET):
     if not isinstance(tree, dict) or not isinstance(tree.get("params"), dict):
         raise ValueError(f"{path} is not a MaskGIT checkpoint: it holds no 'params' dictionary")
     stored = _flatten(tree["params"])
-    model = eqx.filter_eval_shape(VQGAN, cfg, key=jax.random.key(0))  # shapes only; the file fills it
-    names = maskgit_names(model)
+    vq = eqx.filter_eval_shape(VQGAN, cfg, key=jax.random.key(0))  # shapes only; the file fills it
+    names = maskgit_names(vq)
     missing, unexpected = names.keys() - stored.keys(), stored.keys() - names.keys()
     if missing or unexpected:
         raise ValueError(f"{path} does not match {cfg}: missing {sorted(missing)[:3]} ({len(missing)} in all), "
@@ -447,7 +433,7 @@ def load_maskgit(path, cfg=MASKGIT_IMAGENET):
                              f"expected {_flax_shape(name, ours)} for {cfg}")
         theirs = theirs.astype(np.float32)
         arrays.append(theirs.transpose(3, 2, 0, 1) if name.endswith("kernel") else theirs.reshape(ours.shape))
-    return eqx.tree_at(lambda m: list(maskgit_names(m).values()), model, [jnp.asarray(a) for a in arrays])
+    return eqx.tree_at(lambda m: list(maskgit_names(m).values()), vq, [jnp.asarray(a) for a in arrays])
 
 
 def main():
@@ -460,9 +446,9 @@ def main():
     parser.add_argument("--out", default="imagenet_vqgan.eqx", help="where --from-maskgit writes the tokenizer")
     args = parser.parse_args()
     if args.maskgit_count:
-        model = eqx.filter_eval_shape(VQGAN, MASKGIT_IMAGENET, key=jax.random.key(0))
-        names = maskgit_names(model)
-        print(f"MASKGIT_IMAGENET: {parameter_count(model):,} parameters in {len(names)} arrays; the loader "
+        vq = eqx.filter_eval_shape(VQGAN, MASKGIT_IMAGENET, key=jax.random.key(0))
+        names = maskgit_names(vq)
+        print(f"MASKGIT_IMAGENET: {parameter_count(vq):,} parameters in {len(names)} arrays; the loader "
               f"expects {len(names)} arrays holding {sum(math.prod(a.shape) for a in names.values()):,}")
         return
     try:

@@ -49,10 +49,10 @@ def pixel_differences(x):  # (B, C, H, W) -> (B, C, H, W-1) across, (B, C, H-1, 
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
 
 
-def vq_loss(model, images, train):
+def vq_loss(vq, images, train):
     """images float (B, 3, H, W) in [0, 1], train: VQGANTrainConfig -> (loss, (reconstruction MSE, ids (B, h, w),
     latents (B, h, w, D)))."""
-    recon, z, q, ids = jax.vmap(model)(images)
+    recon, z, q, ids = jax.vmap(vq)(images)
     reconstruction = jnp.mean((recon - images) ** 2)
     edges = sum(jnp.mean((r - x) ** 2) for r, x in zip(pixel_differences(recon), pixel_differences(images)))
     codebook = jnp.mean((q - jax.lax.stop_gradient(z)) ** 2)  # moves codes towards the encoder's outputs
@@ -62,33 +62,37 @@ def vq_loss(model, images, train):
 
 
 @eqx.filter_jit(donate="all-except-first")
-def train_step(optimiser, model, opt_state, images, lr, train):
+def train_step(optimiser, vq, opt_state, images, lr, train):
     x = jnp.moveaxis(images.astype(jnp.float32) / 255, -1, 1)  # uint8 (B, H, W, 3) -> (B, 3, H, W)
-    (loss, aux), grads = eqx.filter_value_and_grad(vq_loss, has_aux=True)(model, x, train)
-    updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
-    return eqx.apply_updates(model, jax.tree.map(lambda u: -lr * u, updates)), opt_state, loss, aux
+    (loss, aux), grads = eqx.filter_value_and_grad(vq_loss, has_aux=True)(vq, x, train)
+    updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(vq, eqx.is_inexact_array))
+    return eqx.apply_updates(vq, jax.tree.map(lambda u: -lr * u, updates)), opt_state, loss, aux
 
 
-def restart_dead_codes(model, used, latents, rng):
+def restart_dead_codes(vq, used, latents, rng):
     """Move every code not used since the last check onto a random latent of the current batch.
     In numpy: the number of dead codes changes every time, and each new shape would compile anew."""
     dead = np.flatnonzero(~used)
     flat = np.asarray(latents).reshape(-1, latents.shape[-1])  # (B*h*w, D)
-    codebook = np.array(model.quantizer.codebook)
+    codebook = np.array(vq.quantizer.codebook)
     codebook[dead] = flat[rng.choice(len(flat), len(dead), replace=len(dead) > len(flat))]
-    return eqx.tree_at(lambda m: m.quantizer.codebook, model, jnp.asarray(codebook))
+    return eqx.tree_at(lambda m: m.quantizer.codebook, vq, jnp.asarray(codebook))
 
 
-def evaluate(model, images, labels, batch=100):
+def psnr(images, again):
+    """Peak signal-to-noise ratio in dB of uint8 pictures `again` against `images`, all pixels pooled."""
+    return 10 * np.log10(255 ** 2 / np.mean((again.astype(np.float64) - images) ** 2))
+
+
+def evaluate(vq, images, labels, batch=100):
     """-> (PSNR in dB over all pictures pooled, fraction of codes used, fraction of pictures whose reconstruction
     shapes.read_picture reads as the same 4 attributes, mean number of distinct tokens in a picture).
     The last is how hard the tokens are for UPGen: a plain background should take few distinct codes."""
-    ids = vqgan.encode_images(model, images, batch)
-    recon = vqgan.decode_tokens(model, ids, batch)
-    mse = np.mean((recon.astype(np.float64) - images) ** 2)
+    ids = vqgan.encode_images(vq, images, batch)
+    recon = vqgan.decode_tokens(vq, ids, batch)
     kept = np.mean([shapes.read_picture(r) == tuple(l) for r, l in zip(recon, labels.tolist())])
     distinct = np.mean([len(np.unique(row)) for row in ids])
-    return 10 * np.log10(255 ** 2 / mse), len(np.unique(ids)) / model.cfg.codebook_size, kept, distinct
+    return psnr(images, recon), len(np.unique(ids)) / vq.cfg.codebook_size, kept, distinct
 
 
 def train_vqgan(out_path, cfg=vqgan.VQGANConfig(), train=VQGANTrainConfig(), images=None):
@@ -96,9 +100,9 @@ def train_vqgan(out_path, cfg=vqgan.VQGANConfig(), train=VQGANTrainConfig(), ima
     start = time.perf_counter()
     if images is None:
         images = shapes.examples(train.train_pictures, seed=train.seed, cfg=shapes.ShapesConfig(cfg.image_size))[0]
-    model = vqgan.init_vqgan(cfg, seed=train.seed)
+    vq = vqgan.init_vqgan(cfg, seed=train.seed)
     optimiser = optax.scale_by_adam(*train.adam_betas)  # Adam's direction; train_step scales it by the learning rate
-    opt_state = optimiser.init(eqx.filter(model, eqx.is_inexact_array))
+    opt_state = optimiser.init(eqx.filter(vq, eqx.is_inexact_array))
     budget = math.inf if train.max_minutes is None else 60 * train.max_minutes  # seconds
     rng = np.random.default_rng(train.seed)
     used = np.zeros(cfg.codebook_size, bool)
@@ -111,7 +115,7 @@ def train_vqgan(out_path, cfg=vqgan.VQGANConfig(), train=VQGANTrainConfig(), ima
         # the cosine follows steps or the clock, whichever is further on, so a timed run still ends at lr 0
         lr = train.lr * min(1, (step + 1) / train.warmup) * (1 + math.cos(math.pi * done)) / 2
         batch = images[rng.integers(len(images), size=train.batch_size)]
-        model, opt_state, loss, (mse, ids, latents) = train_step(optimiser, model, opt_state, batch,
+        vq, opt_state, loss, (mse, ids, latents) = train_step(optimiser, vq, opt_state, batch,
                                                                  jnp.float32(lr), train)
         used[np.asarray(ids).ravel()] = True
         if step % 20 == 0:
@@ -120,10 +124,10 @@ def train_vqgan(out_path, cfg=vqgan.VQGANConfig(), train=VQGANTrainConfig(), ima
         # step 0 seeds the whole (unused) codebook with real latents; later checks revive dead codes,
         # until the last 20% of training, which lets the codebook settle
         if step % train.restart_every == 0 and done < 0.8:
-            model = restart_dead_codes(model, used, latents, rng)
+            vq = restart_dead_codes(vq, used, latents, rng)
             used[:] = False
-    vqgan.save_vqgan(out_path, model)
-    return model
+    vqgan.save_vqgan(out_path, vq)
+    return vq
 
 
 def main():
@@ -143,16 +147,16 @@ def main():
         sys.exit("error: --held-out must be at least 1")
     try:
         if args.eval_only:
-            model = vqgan.load_vqgan(args.out)
+            vq = vqgan.load_vqgan(args.out)
         else:
             start = time.perf_counter()
             train = VQGANTrainConfig(steps=args.steps, max_minutes=args.minutes or None, seed=args.seed)
-            model = train_vqgan(args.out, train=train)
+            vq = train_vqgan(args.out, train=train)
             print(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
         n = args.held_out
-        images, _, labels = shapes.examples(n, seed=HELD_OUT_SEED, cfg=shapes.ShapesConfig(model.cfg.image_size))
-        psnr, usage, kept, distinct = evaluate(model, images, labels)
-        print(f"{n} held-out pictures: PSNR {psnr:.2f} dB, {usage:.0%} of {model.cfg.codebook_size} codes used, "
+        images, _, labels = shapes.examples(n, seed=HELD_OUT_SEED, cfg=shapes.ShapesConfig(vq.cfg.image_size))
+        db, usage, kept, distinct = evaluate(vq, images, labels)
+        print(f"{n} held-out pictures: PSNR {db:.2f} dB, {usage:.0%} of {vq.cfg.codebook_size} codes used, "
               f"{kept:.2%} ({round(kept * n)}) of reconstructions keep shape, colour, size and position, "
               f"{distinct:.1f} distinct tokens per picture")
     except (ValueError, OSError) as e:

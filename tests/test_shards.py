@@ -131,7 +131,7 @@ def test_broken_files_are_skipped_counted_and_listed(tiny_vqgan, tmp_path):
     pictures, captions, _ = shapes.examples(6, seed=1)
     good = [(f"{i}{suffix}", payload) for i in range(3)
             for suffix, payload in ((".png", _png(pictures[i])), (".txt", captions[i].encode()))]
-    first = _tar(tmp_path / "0.tar", good + [
+    _tar(tmp_path / "0.tar", good + [
         ("3.png", _png(pictures[3])[:40]),  # a truncated picture
         ("3.txt", b"a large red circle in the top left"),
         ("4.png", _png(pictures[4])),  # no caption

@@ -53,7 +53,7 @@ def worker(out, devices, processes, process, port, vq_path, tars):
     counts = train.kind_counts(tcfg.batch // HOSTS, tcfg.mix)
 
     mesh, optimizer = train.make_mesh(), train.make_optimizer(tcfg)
-    model, opt_state = train.replicate(train.init_state(cfg, tcfg, optimizer, key=jax.random.key(1)), mesh)
+    model, opt_state = train.replicate(train.init_state(cfg, optimizer, key=jax.random.key(1)), mesh)
     losses = []
     for step in range(STEPS):
         rows = [train.local_batch(corpus, step, counts, cfg, seed=0, process=h) for h, corpus in zip(mine, corpora)]
@@ -181,14 +181,14 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
                  start_train(tmp_path / "tar", tiny_vqgan, "--images", str(shard), "--steps", "2", "--samples", "2"))
     log = (tmp_path / "folder" / "train.log").read_text()
     assert "skipped 1 " in log and "broken.png: cannot read image" in log
-    assert "pools [5, 5, 3]" in log  # 5 good pictures, paired and alone; 3 documents of text
+    assert "draws from 5 pictures and 3 texts" in log
     import data
     import upgen
     _, tokenizer = upgen.load_upgen(tmp_path / "folder" / "upgen.eqx")  # the captions' lengths, not the corpus's
     lengths = np.bincount([(tokenizer.encode(c) != data.PAD).sum() for c in captions], minlength=tokenizer.length + 1)
     assert tokenizer.caption_lengths == tuple(lengths[1:].tolist())
     log = (tmp_path / "tar" / "train.log").read_text()
-    assert "pools [5, 5, 5]" in log and "skipped 0 " in log  # no corpus: the captions are the text
+    assert "draws from 5 pictures and 5 texts" in log and "skipped 0 " in log  # no corpus: the captions are the text
     assert (tmp_path / "tar" / "upgen.eqx").exists() and (tmp_path / "tar" / "samples.png").exists()
 
 
