@@ -311,7 +311,7 @@ def bench_one(n, folder, vq_path, steps=50):
                              text_vocab=tokenizer.vocab_size, text_tokens=tokenizer.length)
     tcfg, mesh = train.TrainConfig(), train.make_mesh()
     optimizer = train.make_optimizer(tcfg)
-    model, opt_state = train.replicate(train.init_state(mcfg, tcfg, optimizer, key=jax.random.key(0)), mesh)
+    model, opt_state = train.replicate(train.init_state(mcfg, optimizer, key=jax.random.key(0)), mesh)
     counts = train.kind_counts(tcfg.batch, tcfg.mix)
     held = train.local_batch(corpus, 0, counts, mcfg, seed=0)  # host arrays, built once
     times = []  # per step: seconds reading a batch from the shards, stepping on it, stepping on the held batch
@@ -322,8 +322,8 @@ def bench_one(n, folder, vq_path, steps=50):
         for batch in (fresh, held):
             start = time.perf_counter()
             tokens, kinds = train.global_batch(mesh, *batch)  # a new device copy each time: the step donates it
-            model, opt_state, loss, _ = train.train_step(model, opt_state, tokens, kinds, jax.random.key(step),
-                                                         optimizer, mesh)
+            model, opt_state, loss, _ = train.train_step(model, opt_state, tokens, kinds, jax.numpy.float32(tcfg.lr),
+                                                         jax.random.key(step), optimizer, mesh)
             loss.block_until_ready()
             times[-1].append(time.perf_counter() - start)
     loading, from_shards, in_memory = np.median(times[2:], axis=0)

@@ -1,7 +1,7 @@
 """Train UPGen, data parallel, from a laptop CPU to a TPU pod with the same code.
 
     python train.py                       # shapes world: image tokenizer, token shards, UPGen (~10 min, 2 cores)
-    python train.py --images DIR --text corpus.txt --out runs/mine   # your image-caption pairs + text
+    python train.py --images DIR --out runs/mine   # your image-caption pairs (a.jpg + a.txt)
     python train.py --resume              # continue the last run in --out exactly where it stopped
     python train.py --bench               # train step tokens/s and model FLOPs utilisation
     python train.py --tpu ...             # on every host of a TPU pod slice
@@ -230,6 +230,10 @@ def state_files(out: Path):
     return sorted(out.glob("state_*.eqx"), key=lambda p: int(p.stem.split("_")[1]))
 
 
+def train_config(fields: dict) -> TrainConfig:
+    return TrainConfig(**{**fields, "mix": tuple(fields["mix"])})  # JSON turns the tuple into a list
+
+
 class Saved(NamedTuple):
     """What a state_<step>.eqx holds."""
     step: int
@@ -247,10 +251,6 @@ def load_state(path: Path) -> Saved:
     header, (model, opt_state) = data.load_checkpoint(path, skeleton)
     return Saved(header["step"], model, opt_state, upgen.UPGenConfig(**header["upgen"]),
                  train_config(header["train"]), data.tokenizer_from_header(header["tokenizer"]))
-
-
-def train_config(fields: dict) -> TrainConfig:
-    return TrainConfig(**{**fields, "mix": tuple(fields["mix"])})  # JSON turns the tuple into a list
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -271,9 +271,13 @@ def open_log(out: Path, started: float, process: int):
     return log
 
 
-def check_config(tcfg: TrainConfig, minutes: float):
+def check_config(tcfg: TrainConfig, minutes: float, args):
     """One-line errors for settings that cannot train."""
     problems = [f"--{name} {value:g} must be {rule}" for name, value, ok, rule in [
+        ("log-every", args.log_every, args.log_every >= 1, "at least 1"),
+        ("save-every", args.save_every, args.save_every >= 1, "at least 1"),
+        ("stop-after", args.stop_after, args.stop_after >= 0, "at least 0 (0 runs to --steps)"),
+        ("keep", args.keep, args.keep >= 0, "at least 0"),
         ("batch", tcfg.batch, tcfg.batch >= 1, "at least 1"),
         ("steps", tcfg.steps, tcfg.steps >= 0, "at least 0 (0 fills the time budget)"),
         ("lr", tcfg.lr, tcfg.lr > 0, "positive"), ("warmup", tcfg.warmup, tcfg.warmup >= 1, "at least 1"),
@@ -303,15 +307,24 @@ def run_config(args, out: Path, log):
         tcfg = dataclasses.replace(saved.tcfg, steps=args.steps or saved.tcfg.steps)
         log(f"resuming {state_files(out)[-1]} at step {saved.step}")
     else:
+        if state_files(out):
+            raise ValueError(f"{out} holds {state_files(out)[-1].name} of an earlier run: --resume continues it, "
+                             f"or give another --out")
         saved, tcfg = None, TrainConfig(images=args.images, shapes=args.shapes, text=args.text, mix=tuple(args.mix),
                                         steps=args.steps or 0, batch=args.batch, lr=args.lr, warmup=args.warmup,
                                         weight_decay=args.weight_decay, clip=args.clip, seed=args.seed)
-    minutes = args.minutes if args.minutes is not None else 0 if tcfg.steps else DEFAULT_MINUTES
-    check_config(tcfg, minutes)
-    log(f"time budget: {minutes} min for the whole run (data, training, samples); "
-        + ("the step count is set from the measured step time" if not tcfg.steps else
-           f"stops early at the budget, else after {tcfg.steps} steps") if minutes else
-        f"no time budget: {tcfg.steps} steps")
+    if args.minutes is not None:
+        minutes = args.minutes
+    else:
+        minutes = 0 if tcfg.steps else DEFAULT_MINUTES
+    check_config(tcfg, minutes, args)
+    if not minutes:
+        log(f"no time budget: {tcfg.steps} steps")
+    elif tcfg.steps:
+        log(f"time budget: {minutes} min for the whole run; stops early at the budget, else after {tcfg.steps} steps")
+    else:
+        log(f"time budget: {minutes} min for the whole run (data, training, samples); the step count is set from "
+            f"the measured step time")
     return tcfg, saved, minutes
 
 
@@ -335,11 +348,12 @@ class Budget:
         return 60 * self.minutes - FINISH_SECONDS - (time.perf_counter() - self.started)
 
     def spent(self) -> bool:
-        """Process 0's clock decides, so that every host stops at the same step."""
+        """Process 0's clock decides, so that every host stops at the same step: call it on every host."""
         return bool(self.minutes) and bool(on_every_host(np.array(self.seconds_left() < 0)))
 
-    def steps(self, step: int, step_seconds: float) -> int:
-        """The step count that ends training when the budget is spent, at step_seconds a step."""
+    def steps_that_fit(self, step: int, step_seconds: float) -> int:
+        """The step count that ends training when the budget is spent, at step_seconds a step (process 0's count:
+        call it on every host)."""
         return int(on_every_host(np.array(step + max(0, int(self.seconds_left() / step_seconds)))))
 
 
@@ -373,12 +387,12 @@ def train(args):
     tcfg, saved, minutes = run_config(args, out, log)
     budget = Budget(started, minutes)
     vq, vq_path = image_tokenizer(out, args.vqgan, tcfg.images, minutes, log)
-    text_tokens = saved.mcfg.text_tokens if saved else args.text_tokens
+    text_tokens = args.text_tokens if saved is None else saved.mcfg.text_tokens
     tokenizer, images, texts = load_corpus(tcfg, vq_path, Path(args.shards or out / "shards"), out, text_tokens,
                                            log, process=process, processes=processes)
     optimizer, mesh = make_optimizer(tcfg), make_mesh()
     init_key, train_key = jax.random.split(jax.random.key(tcfg.seed))
-    if saved:
+    if saved is not None:
         if saved.tokenizer.words != tokenizer.words:
             raise ValueError(f"the shards in {args.shards or out / 'shards'} have another vocabulary than the run's")
         start, model, opt_state, mcfg = saved.step, saved.model, saved.opt_state, saved.mcfg
@@ -393,7 +407,7 @@ def train(args):
 
     end = min(start + args.stop_after if args.stop_after else math.inf, tcfg.steps or math.inf)
     bar = tqdm(initial=start, total=tcfg.steps or None, disable=process != 0, desc="train")
-    step, pending, clock = start, [], None
+    step, pending, clock, sizing_clock = start, [], None, None
     while step < end:
         tokens, kinds = global_batch(mesh, *local_batch((images, texts), step, counts, mcfg, seed=tcfg.seed,
                                                           process=process))
@@ -408,7 +422,7 @@ def train(args):
         if not tcfg.steps and step - start == SIZING_STEPS:  # the measured step time sets the run's length
             jax.block_until_ready(loss)
             step_seconds = (time.perf_counter() - sizing_clock) / (SIZING_STEPS - SIZING_STEPS // 4)
-            tcfg = dataclasses.replace(tcfg, steps=budget.steps(step, step_seconds))
+            tcfg = dataclasses.replace(tcfg, steps=budget.steps_that_fit(step, step_seconds))
             end, bar.total = min(end, tcfg.steps), tcfg.steps
             log(f"{step_seconds * 1e3:.0f} ms/step: {tcfg.steps} steps fill the {minutes}-minute budget")
         out_of_time = False
@@ -479,7 +493,8 @@ def main(argv=None):
                    help=f"wall-clock budget of the whole run: without --steps, the run sets its step count to fill it"
                         f" (default {DEFAULT_MINUTES:g}); past it, save and stop (0 = none)")
     g.add_argument("--resume", action="store_true",
-                   help="continue from the newest state_<step>.eqx in --out (its saved config)")
+                   help="continue from the newest state_<step>.eqx in --out (its saved config); on a pod, --out "
+                        "must be a folder every host sees")
     g.add_argument("--stop-after", type=int, default=0,
                    help="stop after this many steps of this invocation (split a run into jobs; 0 = run to --steps)")
     g.add_argument("--keep", type=int, default=2,

@@ -2,10 +2,10 @@
 
 A picture goes through a convolutional encoder, each latent vector is replaced by the index of its
 nearest codebook vector (its token), and a convolutional decoder turns the codes back into a picture.
-    model = vqgan.load_vqgan("checkpoints/shapes/vqgan.eqx")
-    ids = vqgan.encode_images(model, pictures)  # uint8 (B, 64, 64, 3) -> int32 (B, 64)
-    pictures = vqgan.decode_tokens(model, ids)
-The last section reads MaskGIT's released ImageNet tokenizer into this model:
+    vq = vqgan.load_vqgan("checkpoints/shapes/vqgan.eqx")
+    ids = vqgan.encode_images(vq, pictures)  # uint8 (B, 64, 64, 3) -> int32 (B, 64)
+    pictures = vqgan.decode_tokens(vq, ids)
+The last section reads MaskGIT's released ImageNet tokenizer into the same VQGAN:
     python vqgan.py --maskgit-count     # the 256x256 config's size vs MaskGIT's checkpoint
     python vqgan.py --from-maskgit tokenizer_imagenet256_checkpoint --out imagenet_vqgan.eqx   # convert
 Training a small tokenizer: vqgan_train.py. Read next: upgen.py, the transformer that models these tokens.
@@ -294,7 +294,7 @@ def load_vqgan(path):
 # ----------------------------------------------------------------------------------------------
 # MaskGIT's released tokenizer: its checkpoint is flax.serialization's msgpack of {'params': ...}.
 # A msgpack reader of our own keeps msgpack off the dependency list; maskgit_names maps Flax's names
-# onto this vq's arrays.
+# onto the VQGAN's arrays.
 
 def read_msgpack(buf):
     """Decode msgpack bytes (the subset Flax writes) into dicts, lists, str, numbers and numpy arrays.

@@ -140,6 +140,8 @@ def test_resume_continues_exactly(tmp_path, tiny_vqgan):
     split = start_train(tmp_path / "split", tiny_vqgan, "--shapes", "32", "--steps", "20", "--stop-after", "10")
     finish_train(straight, split)
     assert [p.name for p in train.state_files(tmp_path / "split")] == ["state_10.eqx"]
+    with pytest.raises(SystemExit, match="holds state_10.eqx of an earlier run: --resume continues it"):
+        train.main(["--out", str(tmp_path / "split")])  # a fresh run there would prune the old run's states
     finish_train(start_train(tmp_path / "split", tiny_vqgan, "--resume"))
     log = (tmp_path / "split" / "train.log").read_text()  # tokenised once, into shards the resumed run reads
     assert log.count("tokenising 1 of 1 input files") == 1 and "token shards: " in log
@@ -235,7 +237,8 @@ def test_tpu_flag_without_tpus_exits_with_one_line():
     assert result.stderr.strip().startswith("error: --tpu") and len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("flag, value", [("--batch", "0"), ("--steps", "-1"), ("--lr", "0"), ("--minutes", "-1")])
+@pytest.mark.parametrize("flag, value", [("--batch", "0"), ("--steps", "-1"), ("--lr", "0"), ("--minutes", "-1"),
+                                         ("--log-every", "0"), ("--save-every", "0"), ("--stop-after", "-1")])
 def test_settings_that_cannot_train_exit_with_one_line(tmp_path, flag, value, capsys):
     import train
     with pytest.raises(SystemExit) as exit:
