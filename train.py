@@ -388,13 +388,14 @@ def train(args):
     budget = Budget(started, minutes)
     vq, vq_path = image_tokenizer(out, args.vqgan, tcfg.images, minutes, log)
     text_tokens = args.text_tokens if saved is None else saved.mcfg.text_tokens
-    tokenizer, images, texts = load_corpus(tcfg, vq_path, Path(args.shards or out / "shards"), out, text_tokens,
-                                           log, process=process, processes=processes)
+    shards_folder = Path(args.shards or out / "shards")
+    tokenizer, images, texts = load_corpus(tcfg, vq_path, shards_folder, out, text_tokens, log, process=process,
+                                           processes=processes)
     optimizer, mesh = make_optimizer(tcfg), make_mesh()
     init_key, train_key = jax.random.split(jax.random.key(tcfg.seed))
     if saved is not None:
         if saved.tokenizer.words != tokenizer.words:
-            raise ValueError(f"the shards in {args.shards or out / 'shards'} have another vocabulary than the run's")
+            raise ValueError(f"the shards in {shards_folder} have another vocabulary than the run's")
         start, model, opt_state, mcfg = saved.step, saved.model, saved.opt_state, saved.mcfg
     else:
         mcfg = model_config(args, vq, tokenizer)
