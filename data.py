@@ -4,12 +4,14 @@ running a jitted function over many rows in fixed-size batches.
 The built-in shapes world lives in shapes.py. Read next: vqgan.py (pictures -> tokens), then upgen.py.
 """
 
+import errno
 import functools
 import io
 import itertools
 import json
 import os
 import re
+import socket
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,17 +179,31 @@ def tokenizer_from_header(fields: dict) -> Tokenizer:
 # eqx.tree_serialise_leaves. Loading rebuilds the tree's skeleton from the header, then fills it.
 
 
-def save_checkpoint(path, header, tree):
-    """Write atomically: a crash mid-write leaves the previous file at path untouched."""
+def write_atomically(path, write):
+    """write(file object) into path, all or nothing: a crash or a full disk mid-write leaves what was at path.
+
+    The temporary name is this process's own, so hosts sharing a folder never write into each other's file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    tmp = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        hint = ": the disk is full; free space and rerun to continue" if e.errno == errno.ENOSPC else ""
+        raise OSError(e.errno, f"writing {path} failed ({e.strerror or e}){hint}") from None
+
+
+def save_checkpoint(path, header, tree):
+    """Atomically (write_atomically): a crash mid-write leaves the previous file at path untouched."""
+    def write(f):
         f.write((json.dumps(header) + "\n").encode())
         eqx.tree_serialise_leaves(f, tree)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, write)
 
 
 def read_header(path):
@@ -214,6 +230,20 @@ def load_checkpoint(path, skeleton):
         if f.read(1):
             raise ValueError(f"{path} is longer than its header says: not a checkpoint of this model")
     return header, tree
+
+
+# ----------------------------------------------------------------------------------------------
+# Config checks: each config dataclass checks its fields in __post_init__, with the command line's flag names
+
+
+def check(cfg, rules):
+    """Raises a one-line ValueError for the first field of cfg that breaks its rule: rules = [(field, ok, rule)]."""
+    for name, ok, rule in rules:
+        if not ok:
+            value = getattr(cfg, name)
+            shown = f"{value:g}" if isinstance(value, (int, float)) else " ".join(map(str, value)) \
+                if isinstance(value, tuple) else value
+            raise ValueError(f"--{name.replace('_', '-')} {shown} {rule}")
 
 
 # ----------------------------------------------------------------------------------------------
