@@ -29,7 +29,7 @@ HELD_OUT_SEED = 12345  # pictures no tokenizer trains on (training uses seed 0 b
 
 @dataclass(frozen=True)
 class VQGANTrainConfig:
-    steps: int = 20_000  # optimiser steps, or fewer: the default budget of max_minutes ends the run first
+    steps: int = 20_000  # optimizer steps, or fewer: the default budget of max_minutes ends the run first
     batch_size: int = 4  # pictures per step: on a CPU, many small steps beat few large ones
     lr: float = 4e-3  # Adam's peak learning rate (linear warmup, then cosine decay to 0 at the end of the run)
     warmup: int = 20  # steps of learning-rate warmup
@@ -49,23 +49,23 @@ def pixel_differences(x):  # (B, C, H, W) -> (B, C, H, W-1) across, (B, C, H-1, 
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
 
 
-def vq_loss(vq, images, train):
-    """images float (B, 3, H, W) in [0, 1], train: VQGANTrainConfig -> (loss, (reconstruction MSE, ids (B, h, w),
+def vq_loss(vq, images, tcfg):
+    """images float (B, 3, H, W) in [0, 1], tcfg: VQGANTrainConfig -> (loss, (reconstruction MSE, ids (B, h, w),
     latents (B, h, w, D)))."""
     recon, z, q, ids = jax.vmap(vq)(images)
     reconstruction = jnp.mean((recon - images) ** 2)
     edges = sum(jnp.mean((r - x) ** 2) for r, x in zip(pixel_differences(recon), pixel_differences(images)))
     codebook = jnp.mean((q - jax.lax.stop_gradient(z)) ** 2)  # moves codes towards the encoder's outputs
     commit = jnp.mean((jax.lax.stop_gradient(q) - z) ** 2)  # keeps the encoder near its codes
-    loss = reconstruction + train.edge_weight * edges + codebook + train.commitment * commit
+    loss = reconstruction + tcfg.edge_weight * edges + codebook + tcfg.commitment * commit
     return loss, (reconstruction, ids, jnp.moveaxis(z, 1, -1))
 
 
 @eqx.filter_jit(donate="all-except-first")
-def train_step(optimiser, vq, opt_state, images, lr, train):
+def train_step(optimizer, vq, opt_state, images, lr, tcfg):
     x = jnp.moveaxis(images.astype(jnp.float32) / 255, -1, 1)  # uint8 (B, H, W, 3) -> (B, 3, H, W)
-    (loss, aux), grads = eqx.filter_value_and_grad(vq_loss, has_aux=True)(vq, x, train)
-    updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(vq, eqx.is_inexact_array))
+    (loss, aux), grads = eqx.filter_value_and_grad(vq_loss, has_aux=True)(vq, x, tcfg)
+    updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(vq, eqx.is_inexact_array))
     return eqx.apply_updates(vq, jax.tree.map(lambda u: -lr * u, updates)), opt_state, loss, aux
 
 
@@ -95,35 +95,35 @@ def evaluate(vq, images, labels, batch=100):
     return psnr(images, recon), len(np.unique(ids)) / vq.cfg.codebook_size, kept, distinct
 
 
-def train_vqgan(out_path, cfg=vqgan.VQGANConfig(), train=VQGANTrainConfig(), images=None):
+def train_vqgan(out_path, cfg=vqgan.VQGANConfig(), tcfg=VQGANTrainConfig(), images=None):
     """Train a tokenizer on images (uint8 (N, S, S, 3); default: shapes pictures), save it at out_path, return it."""
     start = time.perf_counter()
     if images is None:
-        images = shapes.examples(train.train_pictures, seed=train.seed, cfg=shapes.ShapesConfig(cfg.image_size))[0]
-    vq = vqgan.init_vqgan(cfg, seed=train.seed)
-    optimiser = optax.scale_by_adam(*train.adam_betas)  # Adam's direction; train_step scales it by the learning rate
-    opt_state = optimiser.init(eqx.filter(vq, eqx.is_inexact_array))
-    budget = math.inf if train.max_minutes is None else 60 * train.max_minutes  # seconds
-    rng = np.random.default_rng(train.seed)
+        images = shapes.examples(tcfg.train_pictures, seed=tcfg.seed, cfg=shapes.ShapesConfig(cfg.image_size))[0]
+    vq = vqgan.init_vqgan(cfg, seed=tcfg.seed)
+    optimizer = optax.scale_by_adam(*tcfg.adam_betas)  # Adam's direction; train_step scales it by the learning rate
+    opt_state = optimizer.init(eqx.filter(vq, eqx.is_inexact_array))
+    budget = math.inf if tcfg.max_minutes is None else 60 * tcfg.max_minutes  # seconds
+    rng = np.random.default_rng(tcfg.seed)
     used = np.zeros(cfg.codebook_size, bool)
-    bar = tqdm(range(train.steps), desc="vqgan")
+    bar = tqdm(range(tcfg.steps), desc="vqgan")
     for step in bar:
-        done = max(step / train.steps, (time.perf_counter() - start) / budget)  # share of the run behind us
+        done = max(step / tcfg.steps, (time.perf_counter() - start) / budget)  # share of the run behind us
         if done >= 1:
-            print(f"stopping at step {step}: the {train.max_minutes}-minute budget is spent")
+            print(f"stopping at step {step}: the {tcfg.max_minutes}-minute budget is spent")
             break
         # the cosine follows steps or the clock, whichever is further on, so a timed run still ends at lr 0
-        lr = train.lr * min(1, (step + 1) / train.warmup) * (1 + math.cos(math.pi * done)) / 2
-        batch = images[rng.integers(len(images), size=train.batch_size)]
-        vq, opt_state, loss, (mse, ids, latents) = train_step(optimiser, vq, opt_state, batch, jnp.float32(lr),
-                                                              train)
+        lr = tcfg.lr * min(1, (step + 1) / tcfg.warmup) * (1 + math.cos(math.pi * done)) / 2
+        batch = images[rng.integers(len(images), size=tcfg.batch_size)]
+        vq, opt_state, loss, (mse, ids, latents) = train_step(optimizer, vq, opt_state, batch, jnp.float32(lr),
+                                                              tcfg)
         used[np.asarray(ids).ravel()] = True
         if step % 20 == 0:
             bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{-10 * math.log10(float(mse)):.1f}",
                             usage=f"{used.mean():.0%}")  # usage: share of codes used since the last restart
         # step 0 seeds the whole (unused) codebook with real latents; later checks revive dead codes,
         # until the last 20% of training, which lets the codebook settle
-        if step % train.restart_every == 0 and done < 0.8:
+        if step % tcfg.restart_every == 0 and done < 0.8:
             vq = restart_dead_codes(vq, used, latents, rng)
             used[:] = False
     vqgan.save_vqgan(out_path, vq)
@@ -135,7 +135,7 @@ def main():
     parser.add_argument("--out", default="runs/shapes/vqgan.eqx",
                         help="where to write the tokenizer (train.py --out runs/shapes then uses it); the shipped "
                              "one pairs with checkpoints/shapes/upgen.eqx, so do not overwrite it")
-    parser.add_argument("--steps", type=int, default=VQGANTrainConfig.steps, help="optimiser steps")
+    parser.add_argument("--steps", type=int, default=VQGANTrainConfig.steps, help="optimizer steps")
     parser.add_argument("--minutes", type=float, default=VQGANTrainConfig.max_minutes,
                         help="wall-clock budget: training (and its learning-rate decay) ends at this or at --steps, "
                              "whichever comes first; 0 for no budget")
@@ -150,8 +150,8 @@ def main():
             vq = vqgan.load_vqgan(args.out)
         else:
             start = time.perf_counter()
-            train = VQGANTrainConfig(steps=args.steps, max_minutes=args.minutes or None, seed=args.seed)
-            vq = train_vqgan(args.out, train=train)
+            tcfg = VQGANTrainConfig(steps=args.steps, max_minutes=args.minutes or None, seed=args.seed)
+            vq = train_vqgan(args.out, tcfg=tcfg)
             print(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
         n = args.held_out
         images, _, labels = shapes.examples(n, seed=HELD_OUT_SEED, cfg=shapes.ShapesConfig(vq.cfg.image_size))

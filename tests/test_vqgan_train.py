@@ -41,8 +41,8 @@ def test_edge_term_counts_a_moved_outline_but_not_a_uniform_brightening():
 def test_training_lowers_the_reconstruction_error(tmp_path):
     images = shapes.examples(64, seed=0, cfg=shapes.ShapesConfig(image_size=16, jitter=1))[0]
     before = vqgan.init_vqgan(SMALL, seed=0)
-    train = vqgan_train.VQGANTrainConfig(steps=60, batch_size=8, warmup=5, restart_every=20)
-    model = vqgan_train.train_vqgan(tmp_path / "v.eqx", SMALL, train, images=images)
+    tcfg = vqgan_train.VQGANTrainConfig(steps=60, batch_size=8, warmup=5, restart_every=20)
+    model = vqgan_train.train_vqgan(tmp_path / "v.eqx", SMALL, tcfg, images=images)
     assert (tmp_path / "v.eqx").exists()
 
     def mse(m):
