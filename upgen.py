@@ -41,6 +41,16 @@ class UPGenConfig:
     # The paper's objective is PAPER_OBJECTIVE below; on small data and small models these defaults learn
     # text->image and image->text in minutes where the paper's do not (README, "Why the defaults differ").
 
+    def __post_init__(self):
+        sizes = ("image_codes", "image_tokens", "text_vocab", "text_tokens", "width", "depth", "heads", "mlp")
+        data.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in sizes] + [
+            ("width", self.heads < 1 or self.width % self.heads == 0, f"must be divisible by --heads {self.heads}"),
+            ("width", self.width % 2 == 0, "must be even (half sine, half cosine position features)"),
+            ("compute_dtype", self.compute_dtype in ("float32", "bfloat16"), "must be float32 or bfloat16")] + [
+            (name, getattr(self, name) >= 0, "must be at least 0") for name in
+            ("image_weight", "paired_text_weight", "unpaired_text_weight")] + [
+            ("text_mask_ratio", 0 < self.text_mask_ratio <= 1, "must be in (0, 1]")])
+
     @property
     def seq_len(self) -> int:
         return self.image_tokens + self.text_tokens
