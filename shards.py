@@ -2,7 +2,6 @@
 
     python shards.py --images DIR --vqgan V --out DIR2              # a folder of a.jpg + a.txt (img2dataset's files)
     python shards.py --images 'dump/{00000..00099}.tar' --vqgan V --out DIR2 --text corpus.txt   # WebDataset shards
-    python shards.py --bench          # peak memory, pictures/s and data-loading cost at 20,000 and 200,000 pictures
 
 Input file i (a .tar, or a group of shard_size pictures of a folder) becomes images-<i>.npy, written by
 process i mod P, which opens no other process's pictures; lines of --text go shard_size at a time into
@@ -10,10 +9,13 @@ text-<i>.npy. Pictures stream through the frozen VQGAN in fixed-size chunks, dec
 the previous chunk encodes, so memory is bounded by a chunk and a shard, never the dataset. A shard is
 written under a temporary name, renamed when complete and then listed in the process's manifest (JSON:
 source, the VQGAN file's sha256, the vocabulary, each shard's examples, caption lengths and skipped files):
-a killed run restarts at the first shard not listed and writes the same bytes. Read next: train.py.
+a killed run restarts at the first shard not listed and writes the same bytes.
+
+train.py calls the last part of this file: the run's image tokenizer (image_tokenizer), its shards
+(load_corpus) and each step's batch drawn from them (local_batch). Read next: train.py.
 """
 import argparse
-import errno
+import dataclasses
 import glob
 import hashlib
 import io
@@ -21,23 +23,22 @@ import itertools
 import json
 import os
 import re
-import resource
-import subprocess
 import sys
 import tarfile
-import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 import data
 import shapes
+import upgen
 import vqgan
+import vqgan_train
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class ShardsConfig:
     vocab_lines: int = 100_000  # captions, then as many text lines, counted for the word vocabulary
     max_words: int = 8192  # words in the vocabulary (others are spelled in bytes)
     text_tokens: int = 16  # text ids per example
+
+    def __post_init__(self):
+        data.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
+                          ("shard_size", "chunk", "workers", "vocab_lines", "max_words", "text_tokens")])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,6 +107,18 @@ def vocabulary(files, text, cfg: ShardsConfig):
     return data.build_tokenizer(texts, cfg.text_tokens, cfg.max_words)
 
 
+def write_tar(file, images, captions, first):
+    """Pictures (n, S, S, 3) and their captions into an open file as a WebDataset .tar: <first + j>.png + .txt."""
+    with tarfile.open(fileobj=file, mode="w") as tar:
+        for j, (image, caption) in enumerate(zip(images, captions)):
+            png = io.BytesIO()
+            Image.fromarray(image).save(png, format="PNG", compress_level=1)  # 64x64: 4x faster than level 6
+            for suffix, payload in ((".png", png.getvalue()), (".txt", caption.encode())):
+                info = tarfile.TarInfo(f"{first + j:09d}{suffix}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+
+
 def render_shapes(folder, n, seed, cfg: ShardsConfig, *, process=0, processes=1):
     """The shapes world's n examples as .tar shards of shard_size (PNG + caption per example) in folder -> their
     paths. Shard i follows from (seed, i) alone; a process writes the missing ones it tokenises, and those whose
@@ -113,16 +130,7 @@ def render_shapes(folder, n, seed, cfg: ShardsConfig, *, process=0, processes=1)
         if path.exists() or (i % processes != process and i * cfg.shard_size >= cfg.vocab_lines):
             continue
         images, captions, _ = shapes.examples(min(cfg.shard_size, n - i * cfg.shard_size), seed=[seed, i])
-        tmp = path.with_name(f"{path.name}.{process}.tmp")  # hosts may share the folder
-        with tarfile.open(tmp, "w") as tar:
-            for j, (image, caption) in enumerate(zip(images, captions)):
-                png = io.BytesIO()
-                Image.fromarray(image).save(png, format="PNG", compress_level=1)  # 64x64: 4x faster than level 6
-                for suffix, payload in ((".png", png.getvalue()), (".txt", caption.encode())):
-                    info = tarfile.TarInfo(f"{i * cfg.shard_size + j:09d}{suffix}")
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-        os.replace(tmp, path)
+        data.write_atomically(path, lambda f: write_tar(f, images, captions, first=i * cfg.shard_size))
     return paths
 
 
@@ -178,25 +186,12 @@ def encode_file(vq, tokenizer, file, cfg: ShardsConfig, pool, bar):
     return rows, lengths.tolist(), skipped
 
 
-def write_file(path, write):
-    """write(file object) into path atomically: a temporary name, renamed when complete. A full disk is one line."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        hint = ": the disk is full; free space and rerun to continue" if e.errno == errno.ENOSPC else ""
-        raise OSError(e.errno, f"writing {path} failed ({e.strerror or e}){hint}") from None
-
-
 def manifest_path(folder, process, processes):
     return Path(folder) / f"manifest-{process}of{processes}.json"
 
 
 def save_manifest(path, manifest):
-    write_file(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    data.write_atomically(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
 
 
 def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0, processes=1, log=print):
@@ -237,7 +232,7 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
     with ThreadPoolExecutor(cfg.workers) as pool, tqdm(unit=" pictures", desc="tokenise", disable=not mine) as bar:
         for i in mine:
             rows, lengths, skipped = encode_file(vq, tokenizer, files[i], cfg, pool, bar)
-            write_file(folder / f"images-{i:05d}.npy", lambda f: np.save(f, rows))
+            data.write_atomically(folder / f"images-{i:05d}.npy", lambda f: np.save(f, rows))
             manifest["shards"].append({"file": f"images-{i:05d}.npy", "input": describe(files[i]),
                                        "examples": len(rows), "caption_lengths": lengths, "skipped": skipped})
             save_manifest(path, manifest)
@@ -248,7 +243,7 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
             break
         if i % processes == process and f"text-{i:05d}.npy" not in done:
             ids = np.stack([tokenizer.encode(line) for line in group]).astype(np.uint16)  # (n, text_tokens)
-            write_file(folder / f"text-{i:05d}.npy", lambda f: np.save(f, ids))
+            data.write_atomically(folder / f"text-{i:05d}.npy", lambda f: np.save(f, ids))
             manifest["text_shards"].append({"file": f"text-{i:05d}.npy", "examples": len(ids)})
             save_manifest(path, manifest)
     manifest["complete"] = True
@@ -274,7 +269,7 @@ def open_shards(folder, vq_path, process=0, processes=1):
                          "their codes; tokenise again into another folder")
     images = [np.load(Path(folder) / s["file"], mmap_mode="r") for s in manifest["shards"] if s["examples"]]
     if not images:
-        raise ValueError(f"the shards of process {process} in {folder} hold no pictures (the skipped ones: {path})")
+        raise no_pairs_error(manifest["source"], [why for s in manifest["shards"] for why in s["skipped"]])
     texts = [np.load(Path(folder) / s["file"], mmap_mode="r") for s in manifest["text_shards"]]
     if manifest["text"] and not texts:
         raise ValueError(f"process {process} has no lines of {manifest['text']}: give more text or fewer processes")
@@ -284,53 +279,118 @@ def open_shards(folder, vq_path, process=0, processes=1):
 
 
 # ----------------------------------------------------------------------------------------------
-# Benchmark: memory flat in dataset size, and what reading the shards costs a train step
+# The run's data: its image tokenizer, its shards, and each step's batch drawn from them
+
+SHAPES_VQGAN = Path(__file__).parent / "checkpoints/shapes/vqgan.eqx"  # knows the shapes world's colours only
+TOKENIZER_PICTURES = 5000  # the sample of a user's pictures a tokenizer of their own trains on (~60 MB at 64x64)
+KINDS = (upgen.PAIRED, upgen.IMAGE_ONLY, upgen.TEXT_ONLY)
 
 
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def no_pairs_error(source, skipped):
+    """The one-line error for a source none of whose pictures can be used, from the reasons they were skipped."""
+    if skipped and all(why.endswith(": no caption") for why in skipped):
+        return ValueError(f"no picture in {source} has a caption: pictures need a caption file a.txt beside a.jpg")
+    return ValueError(f"no readable image-caption pairs in {source}: {len(skipped)} pictures could not be read"
+                      + (f" (first: {skipped[0]})" if skipped else ""))
 
 
-def bench_one(n, folder, vq_path, steps=50):
-    """Render n shapes pictures as .tar shards, tokenise them, train `steps` steps from the shards, each beside a step
-    on a batch already in memory: print the times and the peak RSS of this process."""
-    import jax
-    import train
-    import upgen
-    folder, cfg = Path(folder), ShardsConfig()
-    start = time.perf_counter()
-    render_shapes(folder / "tars", n, 0, cfg)
-    rendered = time.perf_counter()
-    tokenise(f"{folder}/tars/shapes-{{00000..{-(-n // cfg.shard_size) - 1:05d}}}.tar", vq_path, folder / "shards", cfg)
-    tokenised = time.perf_counter()
-    print(f"{n:,} pictures: rendered as .tar in {rendered - start:.0f} s, tokenised at "
-          f"{n / (tokenised - rendered):.0f} pictures/s; peak RSS {peak_rss_mb():.0f} MB", flush=True)
-    tokenizer, *corpus = open_shards(folder / "shards", vq_path)
-    vq_cfg = vqgan.load_vqgan(vq_path).cfg
-    mcfg = upgen.UPGenConfig(image_codes=vq_cfg.codebook_size, image_tokens=vq_cfg.tokens_per_side ** 2,
-                             text_vocab=tokenizer.vocab_size, text_tokens=tokenizer.length)
-    tcfg, mesh = train.TrainConfig(), train.make_mesh()
-    optimizer = train.make_optimizer(tcfg)
-    model, opt_state = train.replicate(train.init_state(mcfg, optimizer, key=jax.random.key(0)), mesh)
-    counts = train.kind_counts(tcfg.batch, tcfg.mix)
-    held = train.local_batch(corpus, 0, counts, mcfg, seed=0)  # host arrays, built once
-    times = []  # per step: seconds reading a batch from the shards, stepping on it, stepping on the held batch
-    for step in range(steps + 2):  # the first two compile and warm up; the two kinds of step alternate
-        start = time.perf_counter()
-        fresh = train.local_batch(corpus, step, counts, mcfg, seed=0)
-        times.append([time.perf_counter() - start])
-        for batch in (fresh, held):
-            start = time.perf_counter()
-            tokens, kinds = train.global_batch(mesh, *batch)  # a new device copy each time: the step donates it
-            model, opt_state, loss, _ = train.train_step(model, opt_state, tokens, kinds, jax.numpy.float32(tcfg.lr),
-                                                         jax.random.key(step), optimizer, mesh)
-            loss.block_until_ready()
-            times[-1].append(time.perf_counter() - start)
-    loading, from_shards, in_memory = np.median(times[2:], axis=0)
-    loaded = loading + from_shards
-    print(f"{n:,} pictures: train step {loaded * 1e3:.1f} ms with reading the shards ({loading * 1e3:.2f} ms of it "
-          f"building the batch) vs {in_memory * 1e3:.1f} ms on a batch in memory ({loaded / in_memory - 1:+.1%}); "
-          f"peak RSS {peak_rss_mb():.0f} MB", flush=True)
+def readable_pictures(source, size, n):
+    """The first n pictures of source that decode, with a caption -> uint8 (k, size, size, 3), 1 <= k <= n."""
+    pictures, skipped = [], []
+    for file in input_files(source, ShardsConfig.shard_size):
+        for pair in pairs(file):
+            picture, _, why = decode_pair(*pair, size)
+            skipped += [why] if why else []
+            pictures += [] if why else [picture]
+            if len(pictures) == n:
+                return np.stack(pictures)
+    if not pictures:
+        raise no_pairs_error(source, skipped)
+    return np.stack(pictures)
+
+
+def image_tokenizer(out: Path, given: str, images: str, minutes: float, log):
+    """The frozen VQGAN, kept as out/vqgan.eqx: the one there, else a copy of `given`, else for the shapes world the
+    shipped shapes tokenizer, else one trained on a sample of the run's own pictures in at most half the run's
+    budget (0 = no budget): the shapes tokenizer would turn them into blobs of its six colours."""
+    path = out / "vqgan.eqx"
+    source = Path(given) if given else None if images else SHAPES_VQGAN
+    if path.exists():
+        log(f"image tokenizer: {path}, already in the run folder")
+    elif source:
+        log(f"image tokenizer: copying {source} to {path}")
+        data.write_atomically(path, lambda f: f.write(source.read_bytes()))
+    else:
+        if jax.process_count() > 1:
+            raise ValueError(f"no image tokenizer at {path}: give --vqgan, or train one on one host first "
+                             f"(python train.py --images {images} --out {out})")
+        pictures = readable_pictures(images, vqgan.VQGANConfig().image_size, TOKENIZER_PICTURES)  # (n, S, S, 3)
+        held_out = pictures[:max(1, len(pictures) // 10)]  # (k, S, S, 3), never trained on
+        log(f"image tokenizer: none given (--vqgan), training one on {len(pictures) - len(held_out)} of your "
+            f"pictures into {path}")
+        budget = vqgan_train.VQGANTrainConfig(max_minutes=minutes / 2 if minutes else None)
+        train_pictures = pictures[len(held_out):] if len(pictures) > 1 else pictures
+        vq = vqgan_train.train_vqgan(path, tcfg=budget, images=train_pictures)
+        again = vqgan.decode_tokens(vq, vqgan.encode_images(vq, held_out))
+        log(f"image tokenizer: {path} reconstructs {len(held_out)} held-out pictures of yours at PSNR "
+            f"{vqgan_train.psnr(held_out, again):.1f} dB")
+    return vqgan.load_vqgan(path), path
+
+
+def load_corpus(images, n_shapes, text, seed, vq_path, folder: Path, out: Path, text_tokens: int, log, *,
+                process=0, processes=1):
+    """-> (the text tokenizer of the shards, this process's image shards, its text shards), memory-mapped.
+
+    Tokenises first what folder lacks: each process only its own input files. The shapes world (images == "")
+    takes the same path as any dataset: n_shapes examples rendered into out/shapes/ as .tar shards, then tokenised."""
+    cfg = ShardsConfig(text_tokens=text_tokens)
+    source = images
+    if not source:
+        tars = render_shapes(out / "shapes", n_shapes, seed, cfg, process=process, processes=processes)
+        source = f"{out / 'shapes'}/shapes-{{00000..{len(tars) - 1:05d}}}.tar"
+    tokenise(source, vq_path, folder, cfg, text=text, process=process, processes=processes, log=log)
+    return open_shards(folder, vq_path, process, processes)
+
+
+def model_config(settings: upgen.UPGenConfig, vq_cfg: vqgan.VQGANConfig, tokenizer: data.Tokenizer):
+    """The transformer for this tokenizer pair: settings' shape and objective, with the tokenizers' sizes."""
+    return dataclasses.replace(settings, image_codes=vq_cfg.codebook_size, image_tokens=vq_cfg.tokens_per_side ** 2,
+                               text_vocab=tokenizer.vocab_size, text_tokens=tokenizer.length)
+
+
+def kind_counts(batch: int, mix) -> tuple:
+    """Splits a batch into per-kind counts in the mix proportions; the rounding remainder goes to paired."""
+    counts = [int(batch * m / sum(mix)) for m in mix]
+    counts[0] += batch - sum(counts)
+    return tuple(counts)
+
+
+def draw(arrays, n, rng):
+    """n rows drawn with replacement, uniformly over all rows of some (memory-mapped) arrays -> (n, ...)."""
+    ends = np.cumsum([len(a) for a in arrays])
+    rows = rng.integers(ends[-1], size=n)
+    which = np.searchsorted(ends, rows, side="right")
+    out = np.empty((n, *arrays[0].shape[1:]), arrays[0].dtype)
+    for i in np.unique(which):  # reads only the drawn rows' pages
+        out[which == i] = arrays[i][rows[which == i] - ends[i] + len(arrays[i])]
+    return out
+
+
+def local_batch(corpus, step: int, counts, cfg: upgen.UPGenConfig, *, seed: int, process: int = 0):
+    """This host's rows of step's batch: tokens int32 (b, L), kinds int32 (b,).
+
+    corpus = (image shards (n_s, image_tokens + text_tokens), text shards (n_s, text_tokens)), this host's own.
+    A pure function of (seed, step, process), drawn with replacement: a resumed run sees exactly the batches it
+    would have seen, and no host reads another's data."""
+    images, texts = corpus
+    paired, image_only, text_only = counts
+    rng = np.random.default_rng([seed, step, process])
+    pictures = draw(images, paired + image_only, rng).astype(np.int32)  # (paired + image_only, Ni + Nt)
+    codes, captions = pictures[:, :cfg.image_tokens], pictures[:paired, cfg.image_tokens:]
+    tokens = np.concatenate([upgen.make_sequence(codes[:paired], captions, cfg),
+                             upgen.make_sequence(codes[paired:], None, cfg),
+                             upgen.make_sequence(None, draw(texts, text_only, rng).astype(np.int32), cfg)])
+    return tokens, np.repeat(np.array(KINDS, np.int32), counts)
 
 
 def main(argv=None):
@@ -351,27 +411,13 @@ def main(argv=None):
                                                                           "the word vocabulary")
     p.add_argument("--max-words", type=int, default=d.max_words, help="words in the vocabulary")
     p.add_argument("--text-tokens", type=int, default=d.text_tokens, help="text ids per example (train.py's too)")
-    p.add_argument("--bench", action="store_true", help="time and measure memory at --bench-sizes shapes pictures, "
-                                                        "each in its own process")
-    p.add_argument("--bench-sizes", type=int, nargs="+", default=(20_000, 200_000), help="pictures per --bench run")
-    p.add_argument("--bench-one", type=int, default=0, help="what --bench runs in a subprocess: one size, in --out")
     args = p.parse_args(argv)
     try:
-        if args.bench:
-            for n in args.bench_sizes:
-                with tempfile.TemporaryDirectory() as tmp:
-                    command = [sys.executable, __file__, "--bench-one", str(n), "--out", tmp, "--vqgan", args.vqgan]
-                    if subprocess.run(command).returncode:
-                        raise ValueError(f"the {n:,}-picture benchmark failed")
-        elif args.bench_one:
-            bench_one(args.bench_one, args.out, args.vqgan)
-        else:
-            if not args.images or not args.out:
-                raise ValueError("give --images and --out (or --bench)")
-            cfg = ShardsConfig(args.shard_size, args.chunk, args.workers, args.vocab_lines, args.max_words,
-                               args.text_tokens)
-            tokenise(args.images, args.vqgan, args.out, cfg, text=args.text, process=args.process,
-                     processes=args.processes)
+        if not args.images or not args.out:
+            raise ValueError("give --images and --out")
+        cfg = ShardsConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ShardsConfig)})
+        tokenise(args.images, args.vqgan, args.out, cfg, text=args.text, process=args.process,
+                 processes=args.processes)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 
