@@ -1,23 +1,38 @@
-"""Train-step benchmark: tokens/s and model FLOPs utilisation of train.train_step, beside a reference step.
+"""Benchmarks: the train step against a reference step, the token shards, the compiled decode.
 
-    python train.py --bench                          # laptop config against the reference, then a larger one
-    python train.py --bench --peak-flops 989e12      # MFU against a given peak (an H100's dense bf16)
+    python bench.py                          # train step tokens/s and MFU: laptop config, then a larger one
+    python bench.py --peak-flops 989e12      # MFU against a given peak (an H100's dense bf16)
+    python bench.py --shards                 # peak memory, pictures/s and data-loading cost at 20,000 and 200,000
+    python bench.py --decode                 # sample.generate's T-step decode against T single forward passes
 
-The reference is the same encoder written the usual way: a dict of arrays, batched (B, L, D) matmuls,
+The reference step is the same encoder written the usual way: a dict of arrays, batched (B, L, D) matmuls,
 layers in a Python loop, a Bernoulli mask, cross-entropy at masked positions, optax.adamw, one jax.jit.
-Both steps run in this process, alternating, so the ratio does not depend on what else the machine does.
+Every comparison runs both sides in this process, alternating for ROUNDS rounds, and prints the median, so a
+ratio does not depend on what else the machine does. Read first: train.py, shards.py, sample.py.
 """
+import argparse
 import dataclasses
 import math
+import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+import sample
+import shards
 import train
 import upgen
+import vqgan
+
+ROUNDS = 3  # alternating rounds of each side of a comparison; the median of them is printed
 
 
 def matmul_peak(dtype, n=2048, repeats=5):
@@ -86,7 +101,7 @@ def reference_loss(params, tokens, key, cfg: upgen.UPGenConfig):
 
 
 def reference_step(cfg: upgen.UPGenConfig, tcfg: train.TrainConfig):
-    """-> (params, optimiser state, jitted step(params, state, tokens, key) -> (params, state, loss))."""
+    """-> (params, optimizer state, jitted step(params, state, tokens, key) -> (params, state, loss))."""
     optimizer = optax.chain(optax.clip_by_global_norm(tcfg.clip),
                             optax.adamw(tcfg.lr, b1=0.9, b2=0.95, weight_decay=tcfg.weight_decay))
     params = reference_params(cfg, jax.random.key(0))
@@ -104,54 +119,156 @@ def reference_step(cfg: upgen.UPGenConfig, tcfg: train.TrainConfig):
 # Timing
 
 
-def time_steps(step, state, repeats):
-    """Runs state = step(state, i) repeats times -> (final state, the step times in seconds)."""
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        state = step(state, i)
-        jax.block_until_ready(state)
-        times.append(time.perf_counter() - start)
-    return state, times
+def alternate(sides, state, rounds, repeats):
+    """Runs each side's state = step(state, i) `repeats` times per round, the sides taking turns for `rounds` rounds
+    -> (final states, the median step seconds of each side). Each side's first two steps compile and warm up."""
+    state, times = list(state), [[] for _ in sides]
+    for r in range(rounds):
+        for k, step in enumerate(sides):
+            for i in range(repeats + 2 * (r == 0)):
+                start = time.perf_counter()
+                state[k] = step(state[k], i)
+                jax.block_until_ready(state[k])
+                if r or i >= 2:
+                    times[k].append(time.perf_counter() - start)
+    return state, [float(np.median(t)) for t in times]
 
 
-def run(args):
+def bench_train(batch, steps, peak_flops):
+    """Our train step against the reference step, on the laptop config and a larger one: ms/step, tokens/s, MFU."""
     accelerator = jax.default_backend() != "cpu"
     dtype = "bfloat16" if accelerator else "float32"
-    peak = args.peak_flops or matmul_peak(jnp.dtype(dtype))
+    peak = peak_flops or matmul_peak(jnp.dtype(dtype))
     print(f"{jax.device_count()} x {jax.devices()[0].device_kind}; peak {peak / 1e12:.3g} TFLOP/s per device "
-          f"{'given' if args.peak_flops else f'measured ({dtype} matmul)'}")
+          f"{'given' if peak_flops else f'measured ({dtype} matmul)'}")
     laptop = upgen.UPGenConfig(image_codes=512, text_vocab=320, compute_dtype=dtype)
     larger = upgen.VIT_L if accelerator else dataclasses.replace(laptop, width=512, depth=8, heads=8, mlp=2048)
     mesh = train.make_mesh()
-    for name, mcfg, batch in [("laptop", laptop, args.batch), ("ViT-L" if accelerator else "larger", larger,
-                                                                 max(args.batch // 4, jax.device_count()))]:
-        tcfg = train.TrainConfig(batch=batch, steps=1)
+    for name, mcfg, n in [("laptop", laptop, batch), ("ViT-L" if accelerator else "larger", larger,
+                                                      max(batch // 4, jax.device_count()))]:
+        tcfg = train.TrainConfig(batch=n, steps=1)
         optimizer = train.make_optimizer(tcfg)
         model_state = train.replicate(train.init_state(mcfg, optimizer, key=jax.random.key(0)), mesh)
-        tokens = np.random.default_rng(0).integers(mcfg.image_codes, size=(batch, mcfg.seq_len)).astype(np.int32)
-        tokens, kinds = train.global_batch(mesh, tokens, np.zeros(batch, np.int32))
+        tokens = np.random.default_rng(0).integers(mcfg.image_codes, size=(n, mcfg.seq_len)).astype(np.int32)
+        tokens, kinds = train.global_batch(mesh, tokens, np.zeros(n, np.int32))
 
         def ours(state, i):
-            model, opt_state = state
-            model, opt_state, loss, _ = train.train_step(model, opt_state, tokens, kinds, jnp.float32(tcfg.lr),
-                                                         jax.random.key(i), optimizer, mesh)
+            model, opt_state, *_ = train.train_step(*state, tokens, kinds, jnp.float32(tcfg.lr), jax.random.key(i),
+                                                    optimizer, mesh)
             return model, opt_state
 
-        ref_params, ref_opt_state, ref = reference_step(mcfg, tcfg)
-        ref_state = (ref_params, ref_opt_state)
-        ref_fn = lambda state, i: ref(*state, tokens, jax.random.key(i))[:2]  # noqa: E731
-        ours_times, ref_times = [], []
-        rounds = 1 if name != "laptop" else 5  # alternate, so both see the same machine
-        for _ in range(rounds):
-            model_state, t = time_steps(ours, model_state, 2 + max(1, args.bench_steps // rounds))
-            ours_times += t[2:]  # each round's first two steps compile (once) and warm up
-            ref_state, t = time_steps(ref_fn, ref_state, 2 + max(1, args.bench_steps // rounds))
-            ref_times += t[2:]
-        step_time, ref_time = float(np.median(ours_times)), float(np.median(ref_times))
+        *ref_state, ref = reference_step(mcfg, tcfg)
+        theirs = lambda state, i: ref(*state, tokens, jax.random.key(i))[:2]  # noqa: E731
+        (model_state, _), (step_time, ref_time) = alternate([ours, theirs], [model_state, tuple(ref_state)], ROUNDS,
+                                                            max(1, steps // ROUNDS))
         n_params = upgen.count_params(model_state[0])
-        tokens_per_s = batch * mcfg.seq_len / step_time
+        tokens_per_s = n * mcfg.seq_len / step_time
         mfu = tokens_per_s * flops_per_token(mcfg, n_params) / (peak * jax.device_count())
-        print(f"{name}: {n_params / 1e6:.1f}M params, batch {batch} x {mcfg.seq_len} tokens, {mcfg.compute_dtype}: "
+        print(f"{name}: {n_params / 1e6:.1f}M params, batch {n} x {mcfg.seq_len} tokens, {mcfg.compute_dtype}: "
               f"{step_time * 1e3:.1f} ms/step, {tokens_per_s:,.0f} tokens/s, MFU {mfu:.1%}; reference step "
               f"{ref_time * 1e3:.1f} ms, ours {ref_time / step_time:.2f}x its speed")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The token shards: memory flat in dataset size, and what reading them costs a train step
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def bench_shards(n, folder, vq_path, steps=50):
+    """Render n shapes pictures as .tar shards, tokenise them, then train steps on batches read from the shards,
+    alternating with steps on a batch held in memory -> its figures (seconds, pictures/s, MB), also printed."""
+    folder, cfg = Path(folder), shards.ShardsConfig()
+    start = time.perf_counter()
+    shards.render_shapes(folder / "tars", n, 0, cfg)
+    rendered = time.perf_counter()
+    tars = f"{folder}/tars/shapes-{{00000..{-(-n // cfg.shard_size) - 1:05d}}}.tar"
+    shards.tokenise(tars, vq_path, folder / "shards", cfg)
+    figures = {"render_s": rendered - start, "pictures_per_s": n / (time.perf_counter() - rendered),
+               "tokenise_rss_mb": peak_rss_mb()}
+    tokenizer, *corpus = shards.open_shards(folder / "shards", vq_path)
+    mcfg = shards.model_config(upgen.UPGenConfig(image_codes=1, text_vocab=1), vqgan.load_vqgan(vq_path).cfg,
+                               tokenizer)
+    tcfg, mesh = train.TrainConfig(), train.make_mesh()
+    optimizer, counts = train.make_optimizer(tcfg), shards.kind_counts(tcfg.batch, tcfg.mix)
+    held = shards.local_batch(corpus, 0, counts, mcfg, seed=0)  # host arrays, built once
+    seconds_loading = []
+
+    def stepper(fresh):
+        def step(state, i):
+            start = time.perf_counter()
+            batch = shards.local_batch(corpus, i, counts, mcfg, seed=0) if fresh else held
+            seconds_loading.extend([time.perf_counter() - start] if fresh else [])
+            tokens, kinds = train.global_batch(mesh, *batch)  # a new device copy each time: the step donates it
+            return train.train_step(*state, tokens, kinds, jnp.float32(tcfg.lr), jax.random.key(i), optimizer,
+                                    mesh)[:2]
+        return step
+
+    states = [train.replicate(train.init_state(mcfg, optimizer, key=jax.random.key(0)), mesh) for _ in "ab"]
+    _, (from_shards, in_memory) = alternate([stepper(True), stepper(False)], states, ROUNDS, max(1, steps // ROUNDS))
+    figures.update(step_from_shards_s=from_shards, step_in_memory_s=in_memory,
+                   batch_building_s=float(np.median(seconds_loading)), peak_rss_mb=peak_rss_mb())
+    print(f"{n:,} pictures: rendered as .tar in {figures['render_s']:.0f} s, tokenised at "
+          f"{figures['pictures_per_s']:.0f} pictures/s; train step {from_shards * 1e3:.1f} ms reading the shards "
+          f"({figures['batch_building_s'] * 1e3:.2f} ms of it building the batch) vs {in_memory * 1e3:.1f} ms on a "
+          f"batch in memory ({from_shards / in_memory - 1:+.1%}); peak RSS {figures['peak_rss_mb']:.0f} MB",
+          flush=True)
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------------
+# The decode: T compiled steps against T separate forward passes
+
+
+def bench_decode(ckpt, n, steps):
+    """sample.generate's compiled T-step decode of n text -> image samples against T single forward passes."""
+    model, _ = upgen.load_upgen(Path(ckpt) / "upgen.eqx")
+    cfg, seqs, key = sample.DecodeConfig(steps=steps), sample.inputs(model.cfg, n), jax.random.key(0)
+    forward = eqx.filter_jit(sample.model_logits)
+    decode = lambda state, i: sample.generate(model, seqs, cfg, key=jax.random.fold_in(key, i))  # noqa: E731
+    passes = lambda state, i: [forward(model, seqs) for _ in range(cfg.steps)]  # noqa: E731
+    _, (loop, single) = alternate([decode, passes], [None, None], ROUNDS, 1)
+    print(f"batch {n}, {cfg.steps} steps on {jax.devices()[0].platform}: compiled decode {loop * 1e3:.0f} ms, "
+          f"{cfg.steps} single forward passes {single * 1e3:.0f} ms, ratio {loop / single:.2f}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=train.TrainConfig.batch, help="train step: global batch size")
+    p.add_argument("--steps", type=int, default=0, help="timed steps per side (default: 20 of the train step, 50 "
+                                                        "with --shards)")
+    p.add_argument("--peak-flops", type=float, default=0.0, help="peak FLOP/s of one device, for MFU (default: a "
+                                                                 "measured matmul; e.g. 989e12 for an H100's bf16)")
+    p.add_argument("--shards", action="store_true", help="time and measure memory at --sizes shapes pictures, each "
+                                                         "in its own process")
+    p.add_argument("--sizes", type=int, nargs="+", default=(20_000, 200_000), help="pictures per --shards run")
+    p.add_argument("--shards-one", type=int, default=0, help="what --shards runs in a subprocess: one size, in --out")
+    p.add_argument("--out", default="", help="--shards-one's folder")
+    p.add_argument("--vqgan", default=str(shards.SHAPES_VQGAN), help="--shards: the image tokenizer")
+    p.add_argument("--decode", action="store_true", help="time the compiled decode against single forward passes")
+    p.add_argument("--ckpt", default="checkpoints/shapes", help="--decode: folder holding upgen.eqx")
+    p.add_argument("--n", type=int, default=4, help="--decode: samples in the batch")
+    p.add_argument("--decode-steps", type=int, default=sample.DecodeConfig.steps, help="--decode: decoding steps T")
+    args = p.parse_args(argv)
+    try:
+        if args.shards:
+            for n in args.sizes:
+                with tempfile.TemporaryDirectory() as tmp:
+                    command = [sys.executable, __file__, "--shards-one", str(n), "--out", tmp, "--vqgan", args.vqgan,
+                               "--steps", str(args.steps or 50)]
+                    if subprocess.run(command).returncode:
+                        raise ValueError(f"the {n:,}-picture benchmark failed")
+        elif args.shards_one:
+            bench_shards(args.shards_one, args.out, args.vqgan, args.steps or 50)
+        elif args.decode:
+            bench_decode(args.ckpt, args.n, args.decode_steps)
+        else:
+            bench_train(args.batch, args.steps or 20, args.peak_flops)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

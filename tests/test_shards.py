@@ -195,9 +195,3 @@ def test_the_command_line_reports_bad_input_in_one_line(tmp_path):
                              "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.startswith("error: no data at") and len(result.stderr.strip().splitlines()) == 1
-
-
-def test_the_memory_benchmark_trains_from_the_shards_it_writes(tiny_vqgan, tmp_path, capsys):
-    shards.bench_one(40, tmp_path, tiny_vqgan, steps=1)
-    printed = capsys.readouterr().out
-    assert "40 pictures: rendered as .tar" in printed and "40 pictures: train step" in printed
