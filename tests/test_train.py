@@ -25,7 +25,7 @@ def worker(out, devices, processes, process, port, vq_path, tars):
     """Trains a tiny UPGen 3 steps from token shards of 4 .tar files and saves its parameters and losses to out.
 
     The global batch is the same in every set-up: data host h of HOSTS tokenises its own .tar files (h, h + 2)
-    into a folder of its own, reads only those shards and draws its rows with train.local_batch; a process
+    into a folder of its own, reads only those shards and draws its rows with shards.local_batch; a process
     computes the rows of the data hosts it stands for."""
     # Optimisation level 0 halves XLA's compile time, which is most of a tiny worker's run.
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
@@ -50,13 +50,13 @@ def worker(out, devices, processes, process, port, vq_path, tars):
     cfg = upgen.UPGenConfig(image_codes=16, image_tokens=16, text_vocab=tokenizer.vocab_size, text_tokens=10,
                             width=16, depth=2, heads=2, mlp=32)
     tcfg = train.TrainConfig(batch=16, lr=1e-2, warmup=1, steps=10)
-    counts = train.kind_counts(tcfg.batch // HOSTS, tcfg.mix)
+    counts = shards.kind_counts(tcfg.batch // HOSTS, tcfg.mix)
 
     mesh, optimizer = train.make_mesh(), train.make_optimizer(tcfg)
     model, opt_state = train.replicate(train.init_state(cfg, optimizer, key=jax.random.key(1)), mesh)
     losses = []
     for step in range(STEPS):
-        rows = [train.local_batch(corpus, step, counts, cfg, seed=0, process=h) for h, corpus in zip(mine, corpora)]
+        rows = [shards.local_batch(corpus, step, counts, cfg, seed=0, process=h) for h, corpus in zip(mine, corpora)]
         tokens, kinds = train.global_batch(mesh, *(np.concatenate(x) for x in zip(*rows)))
         model, opt_state, loss, _ = train.train_step(model, opt_state, tokens, kinds, jnp.float32(1e-2),
                                                      jax.random.key(step), optimizer, mesh)
@@ -196,13 +196,13 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
 
 def test_a_folder_of_user_pictures_never_gets_the_shapes_tokenizer(tmp_path, tiny_vqgan, monkeypatch):
     import shutil
-    import train
+    import shards
     import vqgan
     import vqgan_train
     write_pairs(tmp_path / "pairs", 12)
     trained_on = []
 
-    def train_vqgan(path, train, images):  # stands in for minutes of training: a tiny tokenizer of the right kind
+    def train_vqgan(path, tcfg, images):  # stands in for minutes of training: a tiny tokenizer of the right kind
         trained_on.append(images)
         shutil.copyfile(tiny_vqgan, path)
         return vqgan.load_vqgan(path)
@@ -212,8 +212,8 @@ def test_a_folder_of_user_pictures_never_gets_the_shapes_tokenizer(tmp_path, tin
     for run, given, images in (("yours", "", "pairs"), ("given", tiny_vqgan, "pairs"), ("shapes", "", "")):
         (tmp_path / run).mkdir()
         logs[run] = []
-        train.image_tokenizer(tmp_path / run, given, str(tmp_path / images) if images else "", 1.0, logs[run].append)
-        shapes_tokenizer = (tmp_path / run / "vqgan.eqx").read_bytes() == train.SHAPES_VQGAN.read_bytes()
+        shards.image_tokenizer(tmp_path / run, given, str(tmp_path / images) if images else "", 1.0, logs[run].append)
+        shapes_tokenizer = (tmp_path / run / "vqgan.eqx").read_bytes() == shards.SHAPES_VQGAN.read_bytes()
         assert shapes_tokenizer == (run == "shapes"), logs[run]
     assert len(trained_on) == 1 and trained_on[0].shape == (11, 64, 64, 3)  # one of the 12 pictures held out
     assert "training one on 11 of your pictures" in logs["yours"][0] and "PSNR" in logs["yours"][1]
@@ -246,14 +246,46 @@ def test_settings_that_cannot_train_exit_with_one_line(tmp_path, flag, value, ca
     assert str(exit.value).startswith(f"error: {flag} {value}") and "\n" not in str(exit.value)
 
 
-def test_the_learning_rate_warms_up_then_decays_to_a_tenth_at_the_last_step():
+def test_width_that_heads_cannot_split_exits_with_one_line(tmp_path):
+    import train
+    with pytest.raises(SystemExit, match=r"^error: --width 100 must be divisible by --heads 3$"):
+        train.main(["--out", str(tmp_path), "--width", "100", "--heads", "3"])
+
+
+def test_a_folder_of_unreadable_pictures_exits_with_one_line(tmp_path):
+    import train
+    (tmp_path / "pairs").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "pairs" / f"{name}.jpg").write_bytes(b"not a picture")
+        (tmp_path / "pairs" / f"{name}.txt").write_text("a red circle")
+    with pytest.raises(SystemExit) as exit:
+        train.main(["--out", str(tmp_path / "run"), "--images", str(tmp_path / "pairs")])
+    assert str(exit.value).startswith(f"error: no readable image-caption pairs in {tmp_path / 'pairs'}: 2 pictures "
+                                      f"could not be read (first: {tmp_path / 'pairs' / 'a.jpg'}: cannot read image")
+    assert "\n" not in str(exit.value)
+
+
+def test_a_folder_of_pictures_without_captions_exits_with_one_line(tmp_path):
+    import train
+    write_pairs(tmp_path / "pairs", 2)
+    for caption in (tmp_path / "pairs").glob("*.txt"):
+        caption.unlink()
+    with pytest.raises(SystemExit, match=r"^error: no picture in .* has a caption: pictures need a caption file a.txt "
+                                         r"beside a.jpg$"):
+        train.main(["--out", str(tmp_path / "run"), "--images", str(tmp_path / "pairs")])
+
+
+def test_the_learning_rate_warms_up_in_steps_then_decays_to_a_tenth_as_progress_reaches_one():
     import train
     tcfg = train.TrainConfig(lr=1.0, warmup=10, steps=110)
-    rates = [train.learning_rate(step, tcfg) for step in range(110)]
-    assert rates[0] == 0.1 and rates[9] == 1.0 and np.all(np.diff(rates[9:]) <= 0)
-    assert np.isclose(train.learning_rate(110, tcfg), 0.1)
-    # until a budgeted run has set its length, the rate stays at the peak
-    assert train.learning_rate(50, train.TrainConfig(lr=1.0, warmup=10, steps=0)) == 1.0
+    rates = [train.learning_rate(step, train.progress(step, tcfg, 0.0), tcfg) for step in range(111)]
+    assert np.isclose(rates[0], 0.1, rtol=1e-3) and np.all(np.diff(rates[:10]) > 0) and np.all(np.diff(rates[9:]) < 0)
+    assert np.isclose(rates[110], 0.1)
+    # a budgeted run (no step count): the clock's share is the progress, so the decay ends with the budget
+    budgeted = train.TrainConfig(lr=1.0, warmup=10)
+    assert train.progress(500, budgeted, 0.25) == 0.25 and train.learning_rate(500, 1.0, budgeted) == 0.1
+    # with both, whichever is further on
+    assert train.progress(55, tcfg, 0.25) == 0.5 and train.progress(11, tcfg, 0.25) == 0.25
 
 
 if __name__ == "__main__":
