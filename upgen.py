@@ -242,7 +242,7 @@ def count_params(model) -> int:
 
 
 def save_upgen(path, model: UPGen, tokenizer: data.Tokenizer):
-    """The model alone (no optimiser state), with its config and text tokenizer in the header."""
+    """The model alone (no optimizer state), with its config and text tokenizer in the header."""
     header = {"upgen": dataclasses.asdict(model.cfg), "tokenizer": dataclasses.asdict(tokenizer)}
     data.save_checkpoint(path, header, model)
 
