@@ -1,9 +1,10 @@
-"""Data for upgen: image-text files on disk, text corpora, the text tokenizer, checkpoint files, and
-running a jitted function over many rows in fixed-size batches.
+"""Data for upgen: image-text files on disk, text corpora, the text tokenizer, checkpoint files written
+atomically, config checks and flags, and running a jitted function over many rows in fixed-size batches.
 
 The built-in shapes world lives in shapes.py. Read next: vqgan.py (pictures -> tokens), then upgen.py.
 """
 
+import dataclasses
 import errno
 import functools
 import io
@@ -233,7 +234,7 @@ def load_checkpoint(path, skeleton):
 
 
 # ----------------------------------------------------------------------------------------------
-# Config checks: each config dataclass checks its fields in __post_init__, with the command line's flag names
+# Configs: each config dataclass checks its fields in __post_init__; a command line maps one flag onto each
 
 
 def check(cfg, rules):
@@ -241,9 +242,30 @@ def check(cfg, rules):
     for name, ok, rule in rules:
         if not ok:
             value = getattr(cfg, name)
-            shown = f"{value:g}" if isinstance(value, (int, float)) else " ".join(map(str, value)) \
-                if isinstance(value, tuple) else value
-            raise ValueError(f"--{name.replace('_', '-')} {shown} {rule}")
+            if isinstance(value, tuple):
+                value = " ".join(map(str, value))
+            elif isinstance(value, (int, float)):
+                value = f"{value:g}"
+            raise ValueError(f"--{name.replace('_', '-')} {value} {rule}")
+
+
+def flag(group, cfg, name, help, **kw):
+    """--name (dashes for underscores) for the field `name` of cfg, with the field's value as its default."""
+    default = getattr(cfg, name)
+    if isinstance(default, bool):
+        kw["action"] = "store_true"
+    elif isinstance(default, tuple):
+        kw.update(type=type(default[0]), nargs=len(default))
+    elif default is not None:
+        kw.setdefault("type", type(default))
+    group.add_argument("--" + name.replace("_", "-"), default=default, help=help, **kw)
+
+
+def fields_of(cls, values):
+    """The values that name fields of the dataclass cls -> {field: value}. values: parsed flags (an
+    argparse.Namespace), or a checkpoint header's dict (fields it lacks keep their defaults)."""
+    values = values if isinstance(values, dict) else vars(values)
+    return {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
 
 
 # ----------------------------------------------------------------------------------------------
