@@ -346,8 +346,9 @@ def grid_cell(pixels):
     if h == w or max(h, w) % min(h, w) or white.all():
         return None
     for cell in range(data.MIN_SIDE + 2, min(h, w) + 1):  # the smallest: k x k cells also sit on the frames
-        frame = lambda n: (np.arange(n) % cell == 0) | (np.arange(n) % cell == cell - 1)  # noqa: E731
-        if min(h, w) % cell == 0 and white[frame(h)].all() and white[:, frame(w)].all():
+        y, x = np.arange(h) % cell, np.arange(w) % cell  # place of each row and column in its cell
+        framed = white[(y == 0) | (y == cell - 1)].all() and white[:, (x == 0) | (x == cell - 1)].all()
+        if min(h, w) % cell == 0 and framed:
             return cell
     return None
 

@@ -112,7 +112,8 @@ def test_every_mode_keeps_its_known_tokens(tiny_model):
     guided = sample.unconditional(tiny_model, lengths, dcfg, 3.0, key=jax.random.key(9))[-1]
     assert jnp.array_equal(guided[:, mcfg.image_tokens:], captions[-1])  # guidance leaves the captions alone,
     assert not jnp.array_equal(guided, states[-1])  # and steers the pictures drawn from them
-    ids = np.asarray(sample.write_text(tiny_model, jnp.tile(jnp.asarray(image), (3, 1)), sample.length_prior(TOKENIZER),
+    ids = np.asarray(sample.write_text(tiny_model, jnp.tile(jnp.asarray(image), (3, 1)),
+                                       sample.length_prior(TOKENIZER),
                                        dcfg, key=jax.random.key(8)))
     for row in ids:  # image->text: some real text tokens, then PAD only
         length = int((row != data.PAD).sum())
@@ -145,7 +146,7 @@ def test_caption_length_is_the_one_that_is_likely_and_tells_the_whole_picture():
 
 def test_captions_only_take_lengths_that_training_captions_had():
     picture = jnp.full((2, TINY.image_tokens), 5)
-    three_words = dataclasses.replace(TOKENIZER, caption_lengths=(0, 0, 7, 0, 0, 0))  # every training caption: 3 tokens
+    three_words = dataclasses.replace(TOKENIZER, caption_lengths=(0, 0, 7, 0, 0, 0))  # every training caption: 3
     ids = sample.write_text(CaptionOracle(TINY), picture, sample.length_prior(three_words),
                             sample.DecodeConfig(steps=4),
                             key=jax.random.key(9))
