@@ -5,16 +5,16 @@ pictures and captions, and text-guided inpainting, all from one model.
     python sample.py --image picture.png                              # prints captions
     python sample.py --image picture.png --keep 0,0,32,64 --prompt "a small blue square in the top left"
     python sample.py                                                  # unconditional pictures and their captions
-    python sample.py --eval        # shapes-world accuracy of every mode (shapes.evaluate); --bench: decode cost
+    python sample.py --image samples.png                              # a grid save_grid wrote: picture by picture
 
 The decoder (first section) knows nothing about the model: it takes a tokens -> logits function.
-Read upgen.py first for the sequence layout [image tokens | text tokens].
+Read upgen.py first for the sequence layout [image tokens | text tokens] (upgen.make_sequence builds it).
+The shapes-world accuracy of every mode is measured in evaluate.py (`python evaluate.py`), on top of this file.
 """
 import argparse
 import dataclasses
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,14 @@ class DecodeConfig:
     steps: int = 12  # T: forward passes per sample (MaskGIT: 8-12)
     temperature: float = 1.0  # sampling temperature of each token; 0 = argmax
     choice_temperature: float = 4.5  # Gumbel noise on confidences (MaskGIT's ImageNet value), annealed to 0
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps is {self.steps}: decoding takes at least 1 step (MaskGIT: 8-12)")
+        if self.temperature < 0:
+            raise ValueError(f"temperature is {self.temperature}: give 0 (argmax) or more (1: the model's own)")
+        if self.choice_temperature < 0:
+            raise ValueError(f"choice temperature is {self.choice_temperature}: give 0 (greedy) or more")
 
 
 def mask_ratio(progress):
@@ -67,25 +75,25 @@ def sample_tokens(logits, temperature, *, key):
     return jax.random.categorical(key, logits / temperature, axis=-1)
 
 
-def decode(logits_fn, tokens, *, mask_id, cfg=DecodeConfig(), key):
+def decode(logits_fn, tokens, *, mask_id, dcfg=DecodeConfig(), key):
     """Fills every mask_id of tokens (B, L) -> the sequence after each step (T, B, L); [-1] has no mask.
 
     logits_fn: (B, L) -> (B, L, V). It must give -inf (or a large negative logit) to ids a slot may not
     take, [MASK] included; the caller restricts image slots to image codes and text slots to words.
     The T steps run inside one lax.scan, so the whole decode is one compiled program."""
-    counts = masked_counts((tokens == mask_id).sum(-1), cfg.steps)  # (B, T)
+    counts = masked_counts((tokens == mask_id).sum(-1), dcfg.steps)  # (B, T)
 
     def step(seq, inputs):
         t, step_key = inputs
         sample_key, choice_key = jax.random.split(step_key)
         logits = logits_fn(seq).astype(jnp.float32)  # (B, L, V)
         unknown = seq == mask_id  # (B, L)
-        sampled = jnp.where(unknown, sample_tokens(logits, cfg.temperature, key=sample_key), seq)
+        sampled = jnp.where(unknown, sample_tokens(logits, dcfg.temperature, key=sample_key), seq)
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         confidence = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]  # (B, L)
         # Gumbel noise makes the choice of what to keep random early on (temperature * (1 - t/T),
         # MaskGIT's annealing), so samples differ in layout, then greedy in confidence at the end.
-        noise_scale = cfg.choice_temperature * (1 - (t + 1) / cfg.steps)
+        noise_scale = dcfg.choice_temperature * (1 - (t + 1) / dcfg.steps)
         confidence = confidence + noise_scale * jax.random.gumbel(choice_key, confidence.shape)
         confidence = jnp.where(unknown, confidence, jnp.inf)  # known tokens are never re-masked
         rank = jnp.argsort(jnp.argsort(confidence, axis=-1), axis=-1)  # (B, L) 0 = least confident
@@ -93,8 +101,8 @@ def decode(logits_fn, tokens, *, mask_id, cfg=DecodeConfig(), key):
         seq = jnp.where(rank < counts[:, t, None], mask_id, sampled)
         return seq, seq
 
-    keys = jax.random.split(key, cfg.steps)
-    _, states = jax.lax.scan(step, tokens, (jnp.arange(cfg.steps), keys))
+    keys = jax.random.split(key, dcfg.steps)
+    _, states = jax.lax.scan(step, tokens, (jnp.arange(dcfg.steps), keys))
     return states  # (T, B, L)
 
 
@@ -102,32 +110,32 @@ def decode(logits_fn, tokens, *, mask_id, cfg=DecodeConfig(), key):
 # The model as a tokens -> logits function, and the sequences of each mode
 
 
-def allowed_ids(cfg):
+def allowed_ids(mcfg):
     """bool (L, V): image slots take image codes only, text slots real text tokens only (no PAD/MASK)."""
-    ids = jnp.arange(cfg.vocab_size)
-    image = ids < cfg.image_codes
-    text = ids >= cfg.image_codes + data.MASK + 1  # text ids start with PAD, MASK
-    is_image_slot = jnp.arange(cfg.seq_len)[:, None] < cfg.image_tokens
+    ids = jnp.arange(mcfg.vocab_size)
+    image = ids < mcfg.image_codes
+    text = ids >= mcfg.image_codes + data.MASK + 1  # text ids start with PAD, MASK
+    is_image_slot = jnp.arange(mcfg.seq_len)[:, None] < mcfg.image_tokens
     return jnp.where(is_image_slot, image[None], text[None])
 
 
 def model_logits(model, tokens, guidance=0.0):
     """tokens (B, L) -> restricted logits (B, L, V). guidance > 0: classifier-free guidance on the text,
     logits + guidance * (logits - logits with every caption token masked)."""
-    cfg = model.cfg
+    mcfg = model.cfg
     logits = jax.vmap(model)(tokens)  # (B, L, V)
     if guidance:
-        is_text = jnp.arange(cfg.seq_len) >= cfg.image_tokens
-        no_text = jnp.where(is_text & (tokens != cfg.pad_id), cfg.mask_id, tokens)
+        is_text = jnp.arange(mcfg.seq_len) >= mcfg.image_tokens
+        no_text = jnp.where(is_text & (tokens != mcfg.pad_id), mcfg.mask_id, tokens)
         logits = logits + guidance * (logits - jax.vmap(model)(no_text))
-    return jnp.where(allowed_ids(cfg), logits, -1e9)
+    return jnp.where(allowed_ids(mcfg), logits, -1e9)
 
 
 @eqx.filter_jit
-def generate(model, tokens, cfg, guidance=0.0, *, key):
+def generate(model, tokens, dcfg, guidance=0.0, *, key):
     """Decode every [MASK] of tokens (B, L) -> states (T, B, L) in one compiled call."""
     return decode(lambda seq: model_logits(model, seq, guidance), tokens,
-                  mask_id=model.cfg.mask_id, cfg=cfg, key=key)
+                  mask_id=model.cfg.mask_id, dcfg=dcfg, key=key)
 
 
 def token_log_probs(model, seqs, targets):
@@ -144,7 +152,7 @@ def length_prior(tokenizer):
 
 
 @eqx.filter_jit
-def write_text(model, image_ids, prior, cfg, *, key):
+def write_text(model, image_ids, prior, dcfg, *, key):
     """Captions of pictures image_ids (B, Ni) -> text token ids (B, Nt), PAD-padded.
 
     [PAD] is never masked in training, so the model never says where a text ends: we choose the length.
@@ -158,10 +166,9 @@ def write_text(model, image_ids, prior, cfg, *, key):
     B, Ni, Nt = image_ids.shape[0], mcfg.image_tokens, mcfg.text_tokens
     lengths = jnp.arange(1, Nt + 1)  # (K,) candidate lengths, K = Nt
     used = jnp.arange(Nt)[None] < lengths[:, None]  # (K, Nt)
-    text = jnp.where(used, mcfg.mask_id, mcfg.pad_id)  # (K, Nt)
-    seqs = jnp.concatenate([jnp.broadcast_to(image_ids[:, None], (B, Nt, Ni)),
-                            jnp.broadcast_to(text[None], (B, Nt, Nt))], axis=-1).reshape(B * Nt, -1)  # (B*K, L)
-    decoded = generate(model, seqs, cfg, key=key)[-1]  # (B*K, L)
+    text = jnp.where(used, data.MASK, data.PAD)  # (K, Nt)
+    seqs = upgen.make_sequence(image_ids[:, None], text, mcfg).reshape(B * Nt, -1)  # (B*K, L)
+    decoded = generate(model, seqs, dcfg, key=key)[-1]  # (B*K, L)
     text_score = token_log_probs(model, seqs, decoded)[:, Ni:].reshape(B, Nt, Nt)  # (B, K, Nt)
     text_score = jnp.where(used, text_score, 0).sum(-1) / lengths  # (B, K)
     image_score = token_log_probs(model, decoded.at[:, :Ni].set(mcfg.mask_id), decoded)[:, :Ni]
@@ -175,7 +182,7 @@ def tokenizer_ids(mcfg, text):
 
 
 @eqx.filter_jit
-def unconditional(model, lengths, cfg, guidance=0.0, *, key):
+def unconditional(model, lengths, dcfg, guidance=0.0, *, key):
     """Unconditional (picture, caption) pairs: caption lengths (n,) -> states (T, n, L) of the pictures' decode,
     each final state holding a picture and the caption it was drawn from.
 
@@ -184,11 +191,11 @@ def unconditional(model, lengths, cfg, guidance=0.0, *, key):
     draws it, with the same classifier-free guidance on that caption. Drawing the picture directly with no
     caption (text slots PAD, as image-only training data) gives fewer valid shapes pictures."""
     mcfg = model.cfg
-    text = jnp.where(jnp.arange(mcfg.text_tokens) < lengths[:, None], mcfg.mask_id, mcfg.pad_id)  # (n, Nt)
-    seqs = jnp.concatenate([jnp.full((len(lengths), mcfg.image_tokens), mcfg.mask_id), text], axis=-1)  # (n, L)
+    text = jnp.where(jnp.arange(mcfg.text_tokens) < lengths[:, None], data.MASK, data.PAD)  # (n, Nt)
+    seqs = upgen.make_sequence(jnp.full(mcfg.image_tokens, mcfg.mask_id), text, mcfg)  # (n, L)
     caption_key, picture_key = jax.random.split(key)
-    captioned = generate(model, seqs, cfg, key=caption_key)[-1]
-    return generate(model, captioned.at[:, :mcfg.image_tokens].set(mcfg.mask_id), cfg, guidance, key=picture_key)
+    captioned = generate(model, seqs, dcfg, key=caption_key)[-1]
+    return generate(model, captioned.at[:, :mcfg.image_tokens].set(mcfg.mask_id), dcfg, guidance, key=picture_key)
 
 
 def draw_caption_lengths(tokenizer, n, *, key):
@@ -208,18 +215,17 @@ def text_ids(tokenizer, prompt):
     return tokenizer.encode(prompt)
 
 
-def inputs(cfg, n, image=None, text=None, keep=None):
-    """Model tokens (n, L) with [MASK] in the slots to generate: image codes (Ni,) or (n, Ni) kept where keep
-    ((Ni,) or (n, Ni)) is True (all when keep is None) else masked; text ids (Nt,) or (n, Nt), or PAD if None."""
-    image_part = np.full(cfg.image_tokens, cfg.mask_id)
+def inputs(mcfg, n, image=None, text=None, keep=None):
+    """Model tokens (n, L) with [MASK] in the image slots to draw: image codes (Ni,) or (n, Ni) kept where keep
+    ((Ni,) or (n, Ni)) is True (all when keep is None), every slot drawn when image is None; text ids (Nt,) or
+    (n, Nt), or PAD if None."""
+    image_part = np.full(mcfg.image_tokens, mcfg.mask_id)
     if image is not None:
-        image_part = np.where(True if keep is None else keep, image, cfg.mask_id)
-    text_part = np.full(cfg.text_tokens, cfg.pad_id) if text is None else np.asarray(text) + cfg.image_codes
-    parts = [np.broadcast_to(part, (n, part.shape[-1])) for part in (image_part, text_part)]
-    return jnp.asarray(np.concatenate(parts, axis=-1), jnp.int32)
+        image_part = np.where(True if keep is None else keep, image, mcfg.mask_id)
+    return upgen.make_sequence(np.broadcast_to(image_part, (n, mcfg.image_tokens)), text, mcfg)  # (n, L)
 
 
-def keep_mask(box, image_path, cfg, size):
+def keep_mask(box, image_path, mcfg, size):
     """--keep x0,y0,x1,y1 in pixels of the image file -> bool (Ni,): tokens whose cell centre is in it."""
     try:
         x0, y0, x1, y1 = (float(v) for v in box.split(","))
@@ -229,13 +235,15 @@ def keep_mask(box, image_path, cfg, size):
         w, h = opened.size
     side = min(w, h)  # data.load_image takes the centre square, then resizes it to size x size
     scale, dx, dy = size / side, (w - side) // 2, (h - side) // 2
-    grid = int(math.isqrt(cfg.image_tokens))
+    grid = int(math.isqrt(mcfg.image_tokens))
     centre = (np.arange(grid) + 0.5) * size / grid  # cell centres, model pixels
     inside_x = (centre >= (x0 - dx) * scale) & (centre <= (x1 - dx) * scale)
     inside_y = (centre >= (y0 - dy) * scale) & (centre <= (y1 - dy) * scale)
     keep = (inside_y[:, None] & inside_x[None, :]).reshape(-1)  # raster order, as the VQGAN's tokens
     if not keep.any():
         raise ValueError(f"--keep {box} holds no token centre; the image is {w}x{h} pixels")
+    if keep.all():
+        raise ValueError(f"--keep {box} keeps the whole picture: nothing to redraw; give a smaller box")
     return keep
 
 
@@ -243,13 +251,13 @@ def keep_mask(box, image_path, cfg, size):
 # Pictures out
 
 
-def pictures(vq, states, cfg):
+def pictures(vq, states, mcfg):
     """States (..., L) -> uint8 pictures (..., H, W, 3); still-masked cells painted grey."""
-    image = np.asarray(states)[..., :cfg.image_tokens]
-    masked = image == cfg.mask_id
-    flat = np.where(masked, 0, image).reshape(-1, cfg.image_tokens)
+    image = np.asarray(states)[..., :mcfg.image_tokens]
+    masked = image == mcfg.mask_id
+    flat = np.where(masked, 0, image).reshape(-1, mcfg.image_tokens)
     out = vqgan.decode_tokens(vq, flat)  # (N, H, W, 3)
-    out = np.where(cell_pixels(masked.reshape(-1, cfg.image_tokens), out.shape[1]), 128, out).astype(np.uint8)
+    out = np.where(cell_pixels(masked.reshape(-1, mcfg.image_tokens), out.shape[1]), 128, out).astype(np.uint8)
     return out.reshape(*image.shape[:-1], *out.shape[1:])
 
 
@@ -273,7 +281,7 @@ def save_grid(images, path):
 INPAINT_GUIDANCE = 1.0  # on the shapes eval's inpainting, 1 draws the prompt right more often than 0 or 3
 
 
-def inpaint(model, vq, images, keep, text, cfg, guidance=INPAINT_GUIDANCE, *, key):
+def inpaint(model, vq, images, keep, text, dcfg, guidance=INPAINT_GUIDANCE, *, key):
     """Redraws the cells of images uint8 (B, S, S, 3) where keep (B, Ni) is False as text ids (B, Nt) say
     -> (the tokens (B, L) of the last pass, its states (T, B, L)); the last state holds those kept tokens.
 
@@ -288,33 +296,9 @@ def inpaint(model, vq, images, keep, text, cfg, guidance=INPAINT_GUIDANCE, *, ke
     redrawn = np.where(kept, images, fill[:, None, None].astype(np.uint8))
     for pass_key in jax.random.split(key, 2):
         tokens = inputs(model.cfg, len(images), vqgan.encode_images(vq, redrawn), text, keep)
-        states = generate(model, tokens, cfg, guidance, key=pass_key)
+        states = generate(model, tokens, dcfg, guidance, key=pass_key)
         redrawn = np.where(kept, images, pictures(vq, states[-1], model.cfg))
     return tokens, states
-
-
-# ---------------------------------------------------------------------------------------------------
-# The benchmark
-
-
-def bench(model, cfg, n, *, key, repeats=3):
-    """Times the compiled T-step decode against T separate forward passes of the same batch (best of 3)."""
-    seqs = inputs(model.cfg, n)
-    forward = eqx.filter_jit(lambda m, s: model_logits(m, s))
-
-    def best_time(f):
-        jax.block_until_ready(f())  # compile
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(f())
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    loop = best_time(lambda: generate(model, seqs, cfg, key=key))
-    passes = best_time(lambda: [forward(model, seqs) for _ in range(cfg.steps)])
-    print(f"batch {n}, {cfg.steps} steps on {jax.devices()[0].platform}: compiled decode {loop * 1e3:.0f} ms, "
-          f"{cfg.steps} single forward passes {passes * 1e3:.0f} ms, ratio {loop / passes:.2f}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -334,81 +318,134 @@ def load(ckpt):
     return model, tokenizer, vq
 
 
-def run(args):
-    if args.n < 1 or args.steps < 1:
-        raise ValueError("--n and --steps must be at least 1")
-    if args.keep is not None and args.image is None:
-        raise ValueError("--keep needs --image: it says which part of that image to keep")
-    if args.image and args.prompt is not None and args.keep is None:
-        raise ValueError("--image with --prompt is inpainting: add --keep x0,y0,x1,y1, the part of the image to keep")
-    model, tokenizer, vq = load(args.ckpt)
-    cfg = DecodeConfig(args.steps, args.temperature, args.choice_temperature)
-    mcfg, size = model.cfg, vq.cfg.image_size
-    key = jax.random.key(args.seed)
-    if args.eval:
-        import shapes  # the shapes eval builds on this file
-        return shapes.evaluate(model, tokenizer, vq, cfg, key=key)
-    if args.bench:
-        return bench(model, cfg, args.n, key=key)
-    prompt = None
-    if args.prompt is not None:
-        if args.prompt.strip():
-            prompt = text_ids(tokenizer, args.prompt)
-        else:
-            print("note: empty prompt, so the pictures are unconditional", file=sys.stderr)
-    length_key, key = jax.random.split(key)
-    if args.image and args.keep is None:  # image -> text
-        codes = vqgan.encode_images(vq, data.load_image(args.image, size)[None])
-        for ids in write_text(model, jnp.tile(jnp.asarray(codes), (args.n, 1)), length_prior(tokenizer), cfg, key=key):
-            print(tokenizer.decode(ids))
+def read_pictures(path, size):
+    """An image file -> (uint8 pictures (P, size, size, 3), (rows, columns) of the grid they came from):
+    every picture of a grid that save_grid wrote, else the centre square, with a note when that crops."""
+    centre = data.load_image(path, size)  # a one-line error for a file that is no image
+    with Image.open(path) as opened:
+        pixels = np.asarray(opened.convert("RGB"))  # (h, w, 3)
+    h, w = pixels.shape[:2]
+    cell = grid_cell(pixels)
+    if cell is None:
+        if h != w:
+            print(f"note: {path} is {w}x{h} pixels and no grid of square pictures: only its centre "
+                  f"{min(w, h)}x{min(w, h)} square is read", file=sys.stderr)
+        return centre[None], (1, 1)
+    rows, cols = h // cell, w // cell
+    crops = [pixels[r * cell + 1:(r + 1) * cell - 1, c * cell + 1:(c + 1) * cell - 1]  # inside the white frame
+             for r in range(rows) for c in range(cols)]
+    resized = [np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BICUBIC)) for crop in crops]
+    return np.stack(resized), (rows, cols)
+
+
+def grid_cell(pixels):
+    """uint8 (h, w, 3) -> the side of a save_grid cell (a square picture in a 1-pixel white frame), or None.
+    Only a non-square image whose long side is a multiple of its short side is taken for a grid."""
+    h, w = pixels.shape[:2]
+    white = np.all(pixels == 255, axis=-1)  # (h, w)
+    if h == w or max(h, w) % min(h, w) or white.all():
+        return None
+    for cell in range(data.MIN_SIDE + 2, min(h, w) + 1):  # the smallest: k x k cells also sit on the frames
+        y, x = np.arange(h) % cell, np.arange(w) % cell  # place of each row and column in its cell
+        framed = white[(y == 0) | (y == cell - 1)].all() and white[:, (x == 0) | (x == cell - 1)].all()
+        if min(h, w) % cell == 0 and framed:
+            return cell
+    return None
+
+
+def caption(model, tokenizer, vq, path, n, dcfg, *, key):
+    """Prints n captions of the picture in an image file, or of each picture of a grid with its place in it."""
+    images, (rows, cols) = read_pictures(path, vq.cfg.image_size)
+    codes = np.repeat(vqgan.encode_images(vq, images), n, axis=0)  # (P * n, Ni), each picture n times
+    captions = [tokenizer.decode(ids) for ids in write_text(model, jnp.asarray(codes), length_prior(tokenizer),
+                                                            dcfg, key=key)]
+    if len(images) == 1:
+        print("\n".join(captions))
         return
-    guidance = args.guidance
-    if guidance is None:  # each mode's default
-        guidance = INPAINT_GUIDANCE if args.keep is not None else 0.0
-    unconditional_pairs = args.image is None and prompt is None  # pictures drawn with captions of their own
-    if unconditional_pairs:
-        states = unconditional(model, draw_caption_lengths(tokenizer, args.n, key=length_key), cfg, guidance, key=key)
-    elif args.keep is not None:
-        image = np.repeat(data.load_image(args.image, size)[None], args.n, axis=0)  # (n, S, S, 3)
-        keep = np.tile(keep_mask(args.keep, args.image, mcfg, size), (args.n, 1))
-        _, states = inpaint(model, vq, image, keep, prompt, cfg, guidance, key=key)
-    else:  # text -> image
-        states = generate(model, inputs(mcfg, args.n, text=prompt), cfg, guidance, key=key)
-    save_grid(pictures(vq, states[-1:], mcfg), args.out)
-    if args.show_steps:
-        steps_path = Path(args.out).with_name(Path(args.out).stem + "_steps.png")
-        save_grid(pictures(vq, jnp.swapaxes(states, 0, 1), mcfg), steps_path)
-    if unconditional_pairs:
-        for ids in tokenizer_ids(mcfg, states[-1, :, mcfg.image_tokens:]):
-            print(tokenizer.decode(ids))
+    for i in range(len(images)):
+        print(f"picture {i + 1} of {len(images)} (row {i // cols + 1}, column {i % cols + 1}):")
+        print("\n".join("  " + text for text in captions[i * n:(i + 1) * n]))
+
+
+def prompt_ids(tokenizer, prompt):
+    """--prompt -> tokenizer ids (Nt,), or None for no prompt (an empty one: unconditional, with a note)."""
+    if prompt is not None and not prompt.strip():
+        print("note: empty prompt, so the pictures are unconditional", file=sys.stderr)
+    return text_ids(tokenizer, prompt) if prompt is not None and prompt.strip() else None
+
+
+def write_pictures(vq, states, mcfg, out, show_steps):
+    """Saves the final pictures of states (T, n, L) at out, and every step of each at <out>_steps.png."""
+    save_grid(pictures(vq, states[-1:], mcfg), out)
+    if show_steps:
+        save_grid(pictures(vq, jnp.swapaxes(states, 0, 1), mcfg), Path(out).with_name(Path(out).stem + "_steps.png"))
+
+
+def decode_flags(parser):
+    """Adds the DecodeConfig flags, with its defaults (evaluate.py's command line shares them)."""
+    parser.add_argument("--steps", type=int, default=DecodeConfig.steps, help="decoding steps T")
+    parser.add_argument("--temperature", type=float, default=DecodeConfig.temperature,
+                        help="token sampling temperature (0: argmax)")
+    parser.add_argument("--choice-temperature", type=float, default=DecodeConfig.choice_temperature,
+                        help="Gumbel noise on the confidences that pick which tokens to keep, annealed to 0")
+
+
+def decode_config(args):
+    """The parsed decode_flags -> DecodeConfig, which checks them."""
+    return DecodeConfig(args.steps, args.temperature, args.choice_temperature)
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompt", help="text -> image: the caption to draw (with --image and --keep: inpaint)")
+    p.add_argument("--image", help="image -> text: a picture, or a grid of them from save_grid, to caption "
+                   "(with --keep: inpaint it)")
+    p.add_argument("--keep", help="inpainting: x0,y0,x1,y1 box in pixels of --image to keep "
+                   "(the token cells whose centres it holds); the rest is redrawn")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale on the prompt, or on an "
+                   f"unconditional picture's own caption (0: off; default: {INPAINT_GUIDANCE} when inpainting, "
+                   "else 0)")
+    p.add_argument("--n", type=int, default=4, help="how many samples")
+    decode_flags(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same samples")
+    p.add_argument("--ckpt", default="checkpoints/shapes", help="folder with upgen.eqx and vqgan.eqx")
+    p.add_argument("--out", default="samples.png", help="where to write the grid of pictures")
+    p.add_argument("--show-steps", action="store_true", help="also write <out>_steps.png: every step of each sample")
+    return p
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompt", help="text -> image: the caption to draw (with --image and --keep: inpaint)")
-    parser.add_argument("--image", help="image -> text: a picture to caption (with --keep: inpaint it)")
-    parser.add_argument("--keep", help="inpainting: x0,y0,x1,y1 box in pixels of --image to keep "
-                        "(the token cells whose centres it holds); the rest is redrawn")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale on the prompt, or on an "
-                        "unconditional picture's own caption (0: off; default: "
-                        f"{INPAINT_GUIDANCE} when inpainting, else 0)")
-    parser.add_argument("--n", type=int, default=4, help="how many samples")
-    parser.add_argument("--steps", type=int, default=DecodeConfig.steps, help="decoding steps T")
-    parser.add_argument("--temperature", type=float, default=1.0, help="token sampling temperature (0: argmax)")
-    parser.add_argument("--choice-temperature", type=float, default=DecodeConfig.choice_temperature,
-                        help="Gumbel noise on the confidences that pick which tokens to keep, annealed to 0")
-    parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same samples")
-    parser.add_argument("--ckpt", default="checkpoints/shapes", help="folder with upgen.eqx and vqgan.eqx")
-    parser.add_argument("--out", default="samples.png", help="where to write the grid of pictures")
-    parser.add_argument("--show-steps", action="store_true",
-                        help="also write <out>_steps.png: every step of each sample")
-    parser.add_argument("--eval", action="store_true",
-                        help="shapes-world accuracy of text->image, image->text, unconditional, inpainting")
-    parser.add_argument("--bench", action="store_true",
-                        help="time the compiled decode against --steps single forward passes")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
-        run(args)
+        if args.n < 1:
+            raise ValueError("--n must be at least 1")
+        if args.keep is not None and args.image is None:
+            raise ValueError("--keep needs --image: it says which part of that image to keep")
+        if args.image and args.prompt is not None and args.keep is None:
+            raise ValueError("--image with --prompt is inpainting: add --keep x0,y0,x1,y1, "
+                             "the part of the image to keep")
+        dcfg = decode_config(args)
+        model, tokenizer, vq = load(args.ckpt)
+        mcfg, size, n = model.cfg, vq.cfg.image_size, args.n
+        length_key, key = jax.random.split(jax.random.key(args.seed))
+        if args.image and args.keep is None:  # image -> text
+            return caption(model, tokenizer, vq, args.image, n, dcfg, key=key)
+        prompt = prompt_ids(tokenizer, args.prompt)
+        guidance = args.guidance
+        if guidance is None:  # each mode's default
+            guidance = INPAINT_GUIDANCE if args.keep is not None else 0.0
+        if args.keep is not None:
+            image = np.repeat(data.load_image(args.image, size)[None], n, axis=0)  # (n, S, S, 3)
+            keep = np.tile(keep_mask(args.keep, args.image, mcfg, size), (n, 1))
+            _, states = inpaint(model, vq, image, keep, prompt, dcfg, guidance, key=key)
+        elif prompt is None:  # unconditional: pictures drawn with captions of their own
+            states = unconditional(model, draw_caption_lengths(tokenizer, n, key=length_key), dcfg, guidance, key=key)
+        else:  # text -> image
+            states = generate(model, inputs(mcfg, n, text=prompt), dcfg, guidance, key=key)
+        write_pictures(vq, states, mcfg, args.out, args.show_steps)
+        if args.image is None and prompt is None:
+            for ids in tokenizer_ids(mcfg, states[-1, :, mcfg.image_tokens:]):
+                print(tokenizer.decode(ids))
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 

@@ -13,25 +13,18 @@ one flat-coloured, anti-aliased shape:
 so 3 x 6 x 2 x 5 = 180 descriptions. Its canonical caption is "a {size} {colour} {shape} in the
 {position}" ("a large red circle in the top left"); training captions use more phrasings and synonyms,
 so that the model learns the words, not one template. read_picture reads the four attributes back off
-any picture, which is how sample.py --eval scores every mode.
+any picture, which is how evaluate.py (`python evaluate.py`) scores every sampling mode.
 
     python shapes.py --show 8     # write shapes.png with 8 examples and print their captions
     python shapes.py --bench      # time rendering 10,000 examples on one core
 """
 import argparse
-import itertools
-import math
 import re
 import time
 from dataclasses import dataclass
 
-import jax
 import numpy as np
 from PIL import Image, ImageDraw
-
-import data
-import sample
-import vqgan
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple")
@@ -168,87 +161,6 @@ def read_picture(image):
     shape = int(np.argmax(overlaps))
     valid = overlaps[shape] > 0.7 and 0.75 < width / height < 1.33 and np.mean(colours == colour) > 0.8
     return (shape, colour, size, position) if valid else None
-
-
-# ----------------------------------------------------------------------------------------------
-# The eval of every sampling mode: draw, then read the pictures and captions back
-
-
-KEPT_TOLERANCE = 50  # grey levels: the VQGAN redraws a fresh picture's plain border up to ~35 off, while any
-#                     part of a shape is over 100 off the background (read_picture's foreground threshold)
-
-
-def inpainting_cases(n, seed, cfg=ShapesConfig(), grid=8):
-    """n fresh inpainting tasks -> (pictures uint8 (n, S, S, 3), keep bool (n, grid * grid), prompt labels (n, 4)).
-
-    Each picture has its shape at a corner. A band of token rows or columns on that shape's side is redrawn,
-    deep enough that a large shape at a corner fits inside it (so the kept rest holds no shape), and the
-    prompt asks for another shape, colour and size at the band's other corner."""
-    rng = np.random.default_rng(seed)
-    reach = (ANCHORS[0, 0] + max(SPAN[0]) / 2) * cfg.image_size + cfg.jitter  # 36.6 pixels from its sides
-    band = math.ceil(reach * grid / cfg.image_size)  # 5 of 8 token rows or columns
-    y, x = np.mgrid[:grid, :grid]
-    images, keeps, prompts = [], [], []
-    for _ in range(n):
-        shape, colour, size, corner = (int(rng.integers(k)) for k in (3, 6, 2, 4))  # corners are positions 0-3
-        rows = bool(rng.integers(2))  # redraw the top or bottom rows, else the left or right columns
-        along, far = (y, corner // 2) if rows else (x, corner % 2)  # far: the shape is on the bottom or right
-        keeps.append(((along < grid - band) if far else (along >= band)).reshape(-1))
-        other = corner ^ 1 if rows else corner ^ 2  # the band's other corner: flip left-right or top-bottom
-        prompts.append(((shape + rng.integers(1, 3)) % 3, (colour + rng.integers(1, 6)) % 6, 1 - size, other))
-        images.append(render((shape, colour, size, corner), rng, cfg))
-    return np.stack(images), np.stack(keeps), np.array(prompts, np.int32)
-
-
-def evaluate(model, tokenizer, vq, cfg, *, key, batch=256):
-    """Prints text->image, image->text, unconditional and inpainting accuracy on the shapes world."""
-    mcfg, start = model.cfg, time.perf_counter()
-    t2i_key, i2t_key, uncond_key = jax.random.split(key, 3)
-    ranges = (len(SHAPES), len(COLOURS), len(SIZES), len(POSITIONS))
-    all_labels = list(itertools.product(*(range(k) for k in ranges)))  # the 180 descriptions
-
-    def draw(f, x, key):  # f(chunk of x, key) -> states; -> (final states, what read_picture sees in each)
-        finals = data.in_batches(lambda chunk, k: f(chunk, k)[-1], x, batch, key=key)
-        return finals, [read_picture(p) for p in sample.pictures(vq, finals, mcfg)]
-
-    prompts = np.concatenate([sample.inputs(mcfg, 1, text=tokenizer.encode(canonical_caption(lab)))
-                              for lab in all_labels])
-    _, read = draw(lambda seqs, k: sample.generate(model, seqs, cfg, key=k), prompts, t2i_key)
-    right = np.mean([r == lab for r, lab in zip(read, all_labels)])
-    print(f"text->image: {right:.1%} of the 180 canonical prompts drawn with all four attributes right")
-
-    images, _, labels = examples(100, seed=20261125, varied=False)  # fresh pictures, not a training seed
-    codes = vqgan.encode_images(vq, images)
-    # write_text decodes a caption of every length per picture: 100 pictures, in small batches
-    prior = sample.length_prior(tokenizer)
-    texts = data.in_batches(lambda c, k: sample.write_text(model, c, prior, cfg, key=k), codes, batch // 8,
-                             key=i2t_key)
-    captions = [tokenizer.decode(t) for t in texts]
-    right = np.mean([parse_caption(c) == tuple(lab) for c, lab in zip(captions, labels)])
-    print(f"image->text: {right:.1%} of captions of 100 fresh pictures name all four attributes "
-          f"(e.g. {captions[0]!r})")
-
-    length_key, uncond_key = jax.random.split(uncond_key)
-    finals, read = draw(lambda lengths, k: sample.unconditional(model, lengths, cfg, key=k),
-                        sample.draw_caption_lengths(tokenizer, 500, key=length_key), uncond_key)
-    valid = [r for r in read if r is not None]
-    said = [parse_caption(tokenizer.decode(t)) for t in sample.tokenizer_ids(mcfg, finals[:, mcfg.image_tokens:])]
-    print(f"unconditional: {len(valid) / 5:.1f}% of 500 pictures valid, {len(set(valid))} of the 180 "
-          f"descriptions appear, {np.mean([s == r for s, r in zip(said, read) if r]):.1%} of the valid ones "
-          f"match the caption drawn with them")
-
-    images, keep, labels = inpainting_cases(200, seed=20261126)  # fresh pictures, not a training seed
-    texts = np.stack([tokenizer.encode(canonical_caption(lab)) for lab in labels])
-    tokens, states = sample.inpaint(model, vq, images, keep, texts, cfg, key=jax.random.fold_in(key, 3))
-    drawn = sample.pictures(vq, states[-1], mcfg)
-    right = np.array([read_picture(p) == tuple(lab) for p, lab in zip(drawn, labels)])
-    kept = sample.cell_pixels(keep, images.shape[1])[..., 0]  # (200, S, S)
-    same_tokens = np.all((states[-1] == tokens)[:, :mcfg.image_tokens] | ~keep, axis=1)
-    same_pixels = np.all((np.abs(drawn.astype(int) - images).max(-1) <= KEPT_TOLERANCE) | ~kept, axis=(1, 2))
-    print(f"inpainting: {np.mean(right & same_tokens & same_pixels):.1%} of 200 fresh pictures redrawn with all four "
-          f"attributes of the prompt right and the kept part unchanged ({right.mean():.1%} right; kept tokens "
-          f"identical in {same_tokens.mean():.0%}, kept pixels within {KEPT_TOLERANCE} grey levels of the picture "
-          f"in {same_pixels.mean():.0%}) ({time.perf_counter() - start:.0f} s for the whole eval)")
 
 
 if __name__ == "__main__":

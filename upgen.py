@@ -82,21 +82,23 @@ VIT_L = UPGenConfig(image_codes=1024, image_tokens=256, text_vocab=30522, text_t
 
 
 def make_sequence(image_ids, text_ids, cfg: UPGenConfig):
-    """Joins image codes (..., Ni) and text ids (..., Nt) into model tokens (..., L); None = missing (PAD)."""
+    """Joins image ids (..., Ni) and text ids (..., Nt) into model tokens (..., L), their batch shapes broadcast.
+
+    Image ids are model ids (code c is id c; cfg.mask_id marks a cell to draw), text ids the text tokenizer's
+    (data.MASK marks a word to write, data.PAD no word); None = missing, PAD in every slot of that part."""
     if image_ids is None and text_ids is None:
         raise ValueError("make_sequence needs image ids, text ids, or both")
-    batch = (image_ids if image_ids is not None else text_ids).shape[:-1]
-    if image_ids is None:
-        image_ids = jnp.full((*batch, cfg.image_tokens), cfg.pad_id, jnp.int32)
-    elif image_ids.shape[-1] != cfg.image_tokens:
-        raise ValueError(f"got {image_ids.shape[-1]} image tokens, the config expects {cfg.image_tokens}")
-    if text_ids is None:
-        text_ids = jnp.full((*batch, cfg.text_tokens), cfg.pad_id, jnp.int32)
-    elif text_ids.shape[-1] != cfg.text_tokens:
-        raise ValueError(f"got {text_ids.shape[-1]} text tokens, the config expects {cfg.text_tokens}")
-    else:
-        text_ids = jnp.asarray(text_ids, jnp.int32) + cfg.image_codes  # text ids live after the image codes
-    return jnp.concatenate([jnp.asarray(image_ids, jnp.int32), text_ids], axis=-1)  # (..., L)
+    no_image = jnp.full(cfg.image_tokens, cfg.pad_id, jnp.int32)
+    image = no_image if image_ids is None else jnp.asarray(image_ids, jnp.int32)
+    if image.shape[-1] != cfg.image_tokens:
+        raise ValueError(f"got {image.shape[-1]} image tokens, the config expects {cfg.image_tokens}")
+    text = jnp.full(cfg.text_tokens, data.PAD, jnp.int32) if text_ids is None else jnp.asarray(text_ids, jnp.int32)
+    if text.shape[-1] != cfg.text_tokens:
+        raise ValueError(f"got {text.shape[-1]} text tokens, the config expects {cfg.text_tokens}")
+    text = text + cfg.image_codes  # text ids live after the image codes
+    batch = jnp.broadcast_shapes(image.shape[:-1], text.shape[:-1])
+    return jnp.concatenate([jnp.broadcast_to(image, (*batch, cfg.image_tokens)),
+                            jnp.broadcast_to(text, (*batch, cfg.text_tokens))], axis=-1)  # (..., L)
 
 
 def choose(real, ratio, *, key):

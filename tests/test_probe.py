@@ -1,4 +1,6 @@
 """probe.py: a linear classifier on frozen, pooled, concatenated layer features of images alone."""
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ import sample
 import shapes
 from upgen import UPGen, UPGenConfig, make_sequence, save_upgen
 from vqgan import VQGAN, VQGANConfig, save_vqgan
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes"
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +79,14 @@ def test_probe_on_the_shapes_world_scores_all_four_tasks(ckpt, capsys):
     scores = probe.main(["--ckpt", str(ckpt), "--shapes", "20", "--layer", "0"])
     out = capsys.readouterr().out
     assert all(task in out for task in shapes.LABELS)
-    assert all(len(s) == 4 for s in scores.values())
+    assert all(len(s) == 4 and all(0 <= a <= 1 for a in s) for s in scores.values())
+
+
+def test_training_taught_the_shipped_model_what_a_random_one_does_not_see():
+    scores = probe.main(["--ckpt", str(SHIPPED), "--shapes", "300"])  # 60 held-out pictures
+    assert all(len(s) == 4 and all(0 <= a <= 1 for a in s) for s in scores.values())
+    shape = shapes.LABELS.index("shape")
+    assert scores["upgen"][shape] > 0.9 and scores["upgen"][shape] > scores["random init"][shape] + 0.2
 
 
 def test_bad_class_folders_get_a_one_line_error(ckpt, tmp_path):

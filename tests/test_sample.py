@@ -16,7 +16,7 @@ import upgen
 import vqgan
 
 MASK_ID = 99  # fake vocabulary of 100 ids for the model-free tests; 99 is [MASK]
-decode = jax.jit(sample.decode, static_argnums=0, static_argnames=("mask_id", "cfg"))  # compile once per shape
+decode = jax.jit(sample.decode, static_argnums=0, static_argnames=("mask_id", "dcfg"))  # compile once per shape
 
 
 def random_logits(seq):
@@ -42,7 +42,7 @@ def test_masked_counts_follow_the_cosine_formula_in_the_decoder(n, steps):
     formula = [math.floor(n * math.cos(math.pi / 2 * t / steps)) for t in range(1, steps + 1)]
     assert list(np.asarray(sample.masked_counts(jnp.array([n]), steps))[0]) == formula
     tokens = jnp.full((2, n), MASK_ID)
-    states = decode(random_logits, tokens, mask_id=MASK_ID, cfg=sample.DecodeConfig(steps=steps),
+    states = decode(random_logits, tokens, mask_id=MASK_ID, dcfg=sample.DecodeConfig(steps=steps),
                            key=jax.random.key(1))
     assert states.shape == (steps, 2, n)
     for b in range(2):
@@ -89,30 +89,31 @@ def tiny_model():
 
 
 def test_every_mode_keeps_its_known_tokens(tiny_model):
-    cfg, dcfg = tiny_model.cfg, sample.DecodeConfig(steps=4)
-    image = np.arange(cfg.image_tokens) % cfg.image_codes
+    mcfg, dcfg = tiny_model.cfg, sample.DecodeConfig(steps=4)
+    image = np.arange(mcfg.image_tokens) % mcfg.image_codes
     text = TOKENIZER.encode("a large red circle")
-    keep = np.arange(cfg.image_tokens) < 6
-    modes = {"text->image": sample.inputs(cfg, 3, text=text),
-             "inpainting": sample.inputs(cfg, 3, image, text, keep),
-             "inpainting, guided": sample.inputs(cfg, 3, image, text, keep)}
+    keep = np.arange(mcfg.image_tokens) < 6
+    modes = {"text->image": sample.inputs(mcfg, 3, text=text),
+             "inpainting": sample.inputs(mcfg, 3, image, text, keep),
+             "inpainting, guided": sample.inputs(mcfg, 3, image, text, keep)}
     for name, tokens in modes.items():
         guidance = 2.0 if "guided" in name else 0.0
         final = sample.generate(tiny_model, tokens, dcfg, guidance, key=jax.random.key(7))[-1]
-        known = tokens != cfg.mask_id
+        known = tokens != mcfg.mask_id
         assert jnp.all(jnp.where(known, final == tokens, True)), name
-        assert jnp.all(final[:, :cfg.image_tokens] < cfg.image_codes), name  # image slots: image codes only
+        assert jnp.all(final[:, :mcfg.image_tokens] < mcfg.image_codes), name  # image slots: image codes only
     lengths = jnp.array([1, 3, 6])
     states = sample.unconditional(tiny_model, lengths, dcfg, key=jax.random.key(9))  # (T, 3, L)
-    captions = states[:, :, cfg.image_tokens:]
+    captions = states[:, :, mcfg.image_tokens:]
     assert jnp.all(captions == captions[0]), "the caption is given while the picture is drawn"
-    assert jnp.array_equal((captions[-1] != cfg.pad_id).sum(-1), lengths)  # each caption has its drawn length
-    assert jnp.all(jnp.where(captions[-1] != cfg.pad_id, captions[-1] > cfg.mask_id, True))  # real words only
-    assert jnp.all(states[-1, :, :cfg.image_tokens] < cfg.image_codes)
+    assert jnp.array_equal((captions[-1] != mcfg.pad_id).sum(-1), lengths)  # each caption has its drawn length
+    assert jnp.all(jnp.where(captions[-1] != mcfg.pad_id, captions[-1] > mcfg.mask_id, True))  # real words only
+    assert jnp.all(states[-1, :, :mcfg.image_tokens] < mcfg.image_codes)
     guided = sample.unconditional(tiny_model, lengths, dcfg, 3.0, key=jax.random.key(9))[-1]
-    assert jnp.array_equal(guided[:, cfg.image_tokens:], captions[-1])  # guidance leaves the captions alone,
+    assert jnp.array_equal(guided[:, mcfg.image_tokens:], captions[-1])  # guidance leaves the captions alone,
     assert not jnp.array_equal(guided, states[-1])  # and steers the pictures drawn from them
-    ids = np.asarray(sample.write_text(tiny_model, jnp.tile(jnp.asarray(image), (3, 1)), sample.length_prior(TOKENIZER),
+    ids = np.asarray(sample.write_text(tiny_model, jnp.tile(jnp.asarray(image), (3, 1)),
+                                       sample.length_prior(TOKENIZER),
                                        dcfg, key=jax.random.key(8)))
     for row in ids:  # image->text: some real text tokens, then PAD only
         length = int((row != data.PAD).sum())
@@ -145,7 +146,7 @@ def test_caption_length_is_the_one_that_is_likely_and_tells_the_whole_picture():
 
 def test_captions_only_take_lengths_that_training_captions_had():
     picture = jnp.full((2, TINY.image_tokens), 5)
-    three_words = dataclasses.replace(TOKENIZER, caption_lengths=(0, 0, 7, 0, 0, 0))  # every training caption: 3 tokens
+    three_words = dataclasses.replace(TOKENIZER, caption_lengths=(0, 0, 7, 0, 0, 0))  # every training caption: 3
     ids = sample.write_text(CaptionOracle(TINY), picture, sample.length_prior(three_words),
                             sample.DecodeConfig(steps=4),
                             key=jax.random.key(9))
@@ -186,19 +187,6 @@ def test_inpainting_ignores_what_the_redrawn_region_held(tiny_model, tiny_vqgan)
     assert not jnp.array_equal(plain[0], plain[1])  # as they are: the red half leaves traces in the kept half
 
 
-def test_inpainting_cases_keep_no_shape_and_ask_for_one_that_fits():
-    images, keep, labels = shapes.inpainting_cases(40, seed=1)
-    cells = sample.cell_pixels(keep, 64)[..., 0]
-    for image, kept, prompt, cell_keep in zip(images, cells, labels, keep):
-        background = np.median(image[kept], axis=0)
-        assert np.abs(image[kept].astype(int) - background).max() < 8  # the kept part is plain background
-        redrawn = ~cell_keep.reshape(8, 8)
-        assert redrawn.sum() == 40  # a band of 5 of the 8 token rows or columns
-        drawn = shapes.render(prompt, np.random.default_rng(0))  # the prompt's shape, drawn alone
-        assert np.all(np.abs(drawn.astype(int) - np.median(drawn[kept], axis=0))[kept].max(-1) < 8)
-        assert np.all(np.array(shapes.read_picture(image)) != prompt)  # another shape, colour, size and position
-
-
 # ---------------------------------------------------------------------------------------------------
 # The command line on a tiny checkpoint
 
@@ -215,30 +203,32 @@ def ckpt(tmp_path_factory, tiny_model, tiny_vqgan):
 
 
 def cli(capsys, *argv):
-    """Runs sample.py's main in this process -> (exit message or None, stdout)."""
+    """Runs sample.py's main in this process -> (exit message or None, stdout, stderr)."""
     try:
         sample.main(list(argv))
         message = None
     except SystemExit as e:
         message = str(e.code)
-    return message, capsys.readouterr().out
+    printed = capsys.readouterr()
+    return message, printed.out, printed.err
 
 
 def test_cli_draws_captions_and_inpaints(ckpt, tmp_path, capsys):
     out = tmp_path / "grid.png"
     common = ("--ckpt", str(ckpt), "--steps", "3", "--n", "2", "--out", str(out))
-    message, printed = cli(capsys, "--prompt", "a large red circle in the top left", "--show-steps", *common)
+    message, printed, _ = cli(capsys, "--prompt", "a large red circle in the top left", "--show-steps", *common)
     assert message is None and f"wrote {out}" in printed
     assert Image.open(out).size == (2 * 18, 18)  # two 16x16 pictures with their gaps
     assert Image.open(tmp_path / "grid_steps.png").size == (3 * 18, 2 * 18)  # a row per sample, a column per step
-    message, printed = cli(capsys, "--image", str(ckpt / "shape.png"), *common)
+    message, printed, _ = cli(capsys, "--image", str(ckpt / "shape.png"), *common)
     assert message is None and len(printed.strip().splitlines()) == 2  # one caption per sample
     Image.new("L", (40, 20), 200).save(tmp_path / "wide_grey.png")  # wrong size and mode: cropped, resized
-    message, printed = cli(capsys, "--image", str(tmp_path / "wide_grey.png"), *common)
+    message, printed, noted = cli(capsys, "--image", str(tmp_path / "wide_grey.png"), *common)
     assert message is None and len(printed.strip().splitlines()) == 2
-    message, printed = cli(capsys, *common)  # unconditional pictures
+    assert "40x20" in noted and "centre 20x20 square" in noted and len(noted.strip().splitlines()) == 1
+    message, printed, _ = cli(capsys, *common)  # unconditional pictures
     assert message is None and len(printed.strip().splitlines()) == 3  # "wrote ..." and their two captions
-    message, printed = cli(capsys, "--image", str(ckpt / "shape.png"), "--keep", "0,0,32,64",
+    message, printed, _ = cli(capsys, "--image", str(ckpt / "shape.png"), "--keep", "0,0,32,64",
                            "--prompt", "a red circle", *common)
     assert message is None and f"wrote {out}" in printed
 
@@ -254,14 +244,36 @@ def test_cli_same_seed_same_pictures(ckpt, tmp_path, capsys):
 @pytest.mark.parametrize("prompt", ["", "zebra giraffe quux", "a red circle " * 800])
 def test_cli_odd_prompts_still_give_pictures(ckpt, tmp_path, capsys, prompt):
     out = tmp_path / "grid.png"
-    message, printed = cli(capsys, "--ckpt", str(ckpt), "--steps", "2", "--prompt", prompt, "--out", str(out))
-    assert message is None and out.exists()
+    message, printed, _ = cli(capsys, "--ckpt", str(ckpt), "--steps", "2", "--prompt", prompt, "--out", str(out))
+    assert message is None
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (18, 4 * 18, 3)  # one row of --n 4 pictures of 16x16, each in a 1-pixel white frame
+    model, tokenizer, vq = sample.load(ckpt)  # the same draw through the library: the same pictures
+    length_key, key = jax.random.split(jax.random.key(0))
+    dcfg = sample.DecodeConfig(steps=2)
+    if prompt:
+        tokens = sample.inputs(model.cfg, 4, text=sample.text_ids(tokenizer, prompt))
+        states = sample.generate(model, tokens, dcfg, 0.0, key=key)
+    else:  # unconditional, with the captions it prints
+        states = sample.unconditional(model, sample.draw_caption_lengths(tokenizer, 4, key=length_key), dcfg, 0.0,
+                                      key=key)
+        drawn_text = sample.tokenizer_ids(model.cfg, states[-1, :, TINY.image_tokens:])
+        captions = [tokenizer.decode(ids) for ids in drawn_text]
+        assert printed.strip().splitlines()[1:] == captions
+    drawn = sample.pictures(vq, states[-1], model.cfg)  # (4, 16, 16, 3)
+    for i, picture in enumerate(drawn):
+        assert np.array_equal(grid[1:17, 18 * i + 1:18 * i + 17], picture)
 
 
 @pytest.mark.parametrize("argv, says", [
     (("--image", "not_an_image.png"), "cannot read image"),
     (("--image", "missing.png"), "cannot read image"),
     (("--image", "shape.png", "--keep", "1,2"), "--keep"),
+    (("--image", "shape.png", "--keep", "0,0,64,64"), "keeps the whole picture"),
+    (("--prompt", "a circle", "--temperature", "-1"), "temperature is -1.0: give 0"),
+    (("--prompt", "a circle", "--choice-temperature", "-1"), "choice temperature is -1.0"),
+    (("--prompt", "a circle", "--steps", "0"), "steps is 0"),
+    (("--n", "0"), "--n must be at least 1"),
     (("--keep", "0,0,8,8"), "--keep needs --image"),
     (("--image", "shape.png", "--prompt", "a circle"), "add --keep"),
     (("--prompt", "a circle", "--ckpt", "nowhere"), "python train.py"),
@@ -273,5 +285,40 @@ def test_cli_bad_input_is_one_clear_line(ckpt, capsys, argv, says):
     (broken / "upgen.eqx").write_bytes((ckpt / "upgen.eqx").read_bytes()[:500])
     (broken / "vqgan.eqx").write_bytes((ckpt / "vqgan.eqx").read_bytes())
     argv = [str(ckpt / a) if a.endswith(".png") or a in ("nowhere", "broken") else a for a in argv]
-    message, _ = cli(capsys, "--ckpt", str(ckpt), *argv)
+    message, _, _ = cli(capsys, "--ckpt", str(ckpt), *argv)
     assert message.startswith("error: ") and says in message and "\n" not in message
+
+
+def test_a_grid_that_save_grid_wrote_is_read_back_picture_by_picture(tmp_path, capsys):
+    images, _, _ = shapes.examples(8, seed=3)  # (8, 64, 64, 3)
+    for rows, cols in ((1, 4), (4, 1), (2, 4)):
+        path = tmp_path / f"grid_{rows}x{cols}.png"
+        sample.save_grid(images[:rows * cols].reshape(rows, cols, 64, 64, 3), path)
+        assert Image.open(path).size == (66 * cols, 66 * rows)
+        read, shape = sample.read_pictures(path, 64)
+        assert shape == (rows, cols) and np.array_equal(read, images[:rows * cols])
+    assert capsys.readouterr().err == ""
+    Image.fromarray(np.concatenate(list(images[:2]), axis=1)).save(tmp_path / "no_gaps.png")  # (64, 128)
+    read, shape = sample.read_pictures(tmp_path / "no_gaps.png", 64)
+    assert shape == (1, 1) and np.array_equal(read[0], np.asarray(Image.open(tmp_path / "no_gaps.png"))[:, 32:96])
+    assert "128x64" in capsys.readouterr().err
+
+
+def test_cli_captions_a_grid_picture_by_picture(ckpt, tmp_path, capsys):
+    images, _, _ = shapes.examples(4, seed=4)
+    sample.save_grid(images[None], tmp_path / "samples.png")  # (66, 264): 1 row of 4 pictures
+    capsys.readouterr()  # save_grid's "wrote"
+    message, printed, noted = cli(capsys, "--ckpt", str(ckpt), "--steps", "2", "--n", "2",
+                                  "--image", str(tmp_path / "samples.png"))
+    lines = printed.strip().splitlines()
+    assert message is None and noted == ""
+    assert [line for line in lines if not line.startswith("  ")] == [
+        f"picture {i} of 4 (row 1, column {i}):" for i in range(1, 5)]
+    assert len(lines) == 4 * 3  # each heading and its 2 captions
+
+
+def test_decode_config_checks_its_settings():
+    for bad in (dict(steps=0), dict(temperature=-0.5), dict(choice_temperature=-1.0)):
+        with pytest.raises(ValueError, match=next(iter(bad)).replace("_", " ")):
+            sample.DecodeConfig(**bad)
+    assert sample.DecodeConfig(temperature=0, choice_temperature=0).steps == 12  # argmax and greedy are fine

@@ -1,0 +1,185 @@
+"""Evals of every sampling mode of a trained UPGen: draw, then read the pictures and captions back.
+
+On the shapes world, shapes.read_picture and shapes.parse_caption read pictures and captions back exactly, so
+text->image, image->text, unconditional sampling and text-guided inpainting each get an accuracy.
+
+    python evaluate.py                      # the shipped model (checkpoints/shapes): a few minutes on 2 cores
+    python evaluate.py --ckpt runs/shapes   # yours, from train.py
+
+One section per world (today the shapes world), then the command line. Read sample.py first.
+"""
+import argparse
+import itertools
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+import data
+import sample
+import shapes
+import vqgan
+
+# ---------------------------------------------------------------------------------------------------
+# The shapes world
+
+
+@dataclass(frozen=True)
+class ShapesEvalConfig:
+    captioned: int = 100  # fresh pictures captioned (image->text)
+    unconditional: int = 500  # unconditional (picture, caption) pairs drawn
+    inpainted: int = 200  # fresh inpainting tasks
+    batch: int = 256  # sequences per compiled decode; image->text decodes a caption of every length: batch // 8
+
+    def __post_init__(self):
+        if min(self.captioned, self.unconditional, self.inpainted, self.batch // 8) < 1:
+            raise ValueError(f"{self}: every count must be at least 1 and the batch at least 8")
+
+
+CAPTION_SEED, INPAINT_SEED = 20261125, 20261126  # fresh pictures: no training run uses these seeds
+KEPT_TOLERANCE = 50  # grey levels: the VQGAN redraws a fresh picture's plain border up to ~35 off, while any
+#                     part of a shape is over 100 off the background (read_picture's foreground threshold)
+DESCRIPTIONS = list(itertools.product(*(range(len(names)) for names in
+                                        (shapes.SHAPES, shapes.COLOURS, shapes.SIZES, shapes.POSITIONS))))  # 180
+
+
+def inpainting_cases(n, seed, cfg=shapes.ShapesConfig(), grid=8):
+    """n fresh inpainting tasks -> (pictures uint8 (n, S, S, 3), keep bool (n, grid * grid), prompt labels (n, 4)).
+
+    Each picture has its shape at a corner. A band of token rows or columns on that shape's side is redrawn,
+    deep enough that a large shape at a corner fits inside it (so the kept rest holds no shape), and the
+    prompt asks for another shape, colour and size at the band's other corner."""
+    rng = np.random.default_rng(seed)
+    reach = (shapes.ANCHORS[0, 0] + max(shapes.SPAN[0]) / 2) * cfg.image_size + cfg.jitter  # 36.6 pixels
+    band = math.ceil(reach * grid / cfg.image_size)  # 5 of 8 token rows or columns
+    y, x = np.mgrid[:grid, :grid]
+    images, keeps, prompts = [], [], []
+    for _ in range(n):
+        shape, colour, size, corner = (int(rng.integers(k)) for k in (3, 6, 2, 4))  # corners are positions 0-3
+        rows = bool(rng.integers(2))  # redraw the top or bottom rows, else the left or right columns
+        along, far = (y, corner // 2) if rows else (x, corner % 2)  # far: the shape is on the bottom or right
+        keeps.append(((along < grid - band) if far else (along >= band)).reshape(-1))
+        other = corner ^ 1 if rows else corner ^ 2  # the band's other corner: flip left-right or top-bottom
+        prompts.append(((shape + rng.integers(1, 3)) % 3, (colour + rng.integers(1, 6)) % 6, 1 - size, other))
+        images.append(shapes.render((shape, colour, size, corner), rng, cfg))
+    return np.stack(images), np.stack(keeps), np.array(prompts, np.int32)
+
+
+def draw(vq, mcfg, f, x, batch, *, key):
+    """f(chunk of x, key) -> states, in batches -> (final states (n, L), what read_picture sees in each)."""
+    finals = data.in_batches(lambda chunk, k: f(chunk, k)[-1], x, batch, key=key)
+    return finals, [shapes.read_picture(p) for p in sample.pictures(vq, finals, mcfg)]
+
+
+def text_to_image(model, tokenizer, vq, dcfg, batch, *, key):
+    """-> share of the 180 canonical prompts drawn with all four attributes right."""
+    texts = np.stack([tokenizer.encode(shapes.canonical_caption(labels)) for labels in DESCRIPTIONS])
+    prompts = sample.inputs(model.cfg, len(DESCRIPTIONS), text=texts)  # (180, L)
+    _, read = draw(vq, model.cfg, lambda seqs, k: sample.generate(model, seqs, dcfg, key=k), prompts, batch, key=key)
+    return float(np.mean([r == labels for r, labels in zip(read, DESCRIPTIONS)]))
+
+
+def image_to_text(model, tokenizer, vq, dcfg, n, batch, *, key):
+    """-> (share of n fresh pictures captioned with all four attributes right, the first caption)."""
+    images, _, labels = shapes.examples(n, seed=CAPTION_SEED, varied=False)
+    prior = sample.length_prior(tokenizer)
+    texts = data.in_batches(lambda c, k: sample.write_text(model, c, prior, dcfg, key=k),
+                            vqgan.encode_images(vq, images), batch, key=key)
+    captions = [tokenizer.decode(t) for t in texts]
+    return float(np.mean([shapes.parse_caption(c) == tuple(lab) for c, lab in zip(captions, labels)])), captions[0]
+
+
+def unconditional(model, tokenizer, vq, dcfg, n, batch, *, key):
+    """-> (share of n unconditional pictures that are valid shapes pictures, how many of the 180 descriptions
+    they show, share of the valid ones whose caption, drawn with them, names what they show)."""
+    mcfg = model.cfg
+    length_key, key = jax.random.split(key)
+    finals, read = draw(vq, mcfg, lambda lengths, k: sample.unconditional(model, lengths, dcfg, key=k),
+                        sample.draw_caption_lengths(tokenizer, n, key=length_key), batch, key=key)
+    valid = [r for r in read if r is not None]
+    said = [shapes.parse_caption(tokenizer.decode(t))
+            for t in sample.tokenizer_ids(mcfg, finals[:, mcfg.image_tokens:])]
+    matches = [s == r for s, r in zip(said, read) if r is not None]
+    return len(valid) / n, len(set(valid)), float(np.mean(matches)) if matches else 0.0  # no valid one: none match
+
+
+def inpainting(model, tokenizer, vq, dcfg, n, *, key):
+    """-> shares of n fresh inpainting tasks (all right, the prompt drawn right, kept tokens identical, kept
+    pixels within KEPT_TOLERANCE of the picture); all right is the prompt right and the kept part unchanged."""
+    mcfg = model.cfg
+    images, keep, labels = inpainting_cases(n, seed=INPAINT_SEED)
+    texts = np.stack([tokenizer.encode(shapes.canonical_caption(lab)) for lab in labels])
+    tokens, states = sample.inpaint(model, vq, images, keep, texts, dcfg, key=key)
+    drawn = sample.pictures(vq, states[-1], mcfg)
+    right = np.array([shapes.read_picture(p) == tuple(lab) for p, lab in zip(drawn, labels)])
+    kept = sample.cell_pixels(keep, images.shape[1])[..., 0]  # (n, S, S)
+    same_tokens = np.all((states[-1] == tokens)[:, :mcfg.image_tokens] | ~keep, axis=1)
+    same_pixels = np.all((np.abs(drawn.astype(int) - images).max(-1) <= KEPT_TOLERANCE) | ~kept, axis=(1, 2))
+    return tuple(float(x.mean()) for x in (right & same_tokens & same_pixels, right, same_tokens, same_pixels))
+
+
+def shapes_eval(model, tokenizer, vq, dcfg, *, key, ecfg=ShapesEvalConfig()):
+    """Every sampling mode on the shapes world -> its figures: shares in [0, 1], counts, an example, seconds."""
+    start = time.perf_counter()
+    t2i_key, i2t_key, uncond_key = jax.random.split(key, 3)
+    figures = {"text->image": text_to_image(model, tokenizer, vq, dcfg, ecfg.batch, key=t2i_key)}
+    # write_text decodes a caption of every length per picture: the pictures go in small batches
+    figures["image->text"], figures["example caption"] = image_to_text(
+        model, tokenizer, vq, dcfg, ecfg.captioned, ecfg.batch // 8, key=i2t_key)
+    uncond = unconditional(model, tokenizer, vq, dcfg, ecfg.unconditional, ecfg.batch, key=uncond_key)
+    figures.update(zip(("unconditional valid", "unconditional descriptions", "unconditional match"), uncond))
+    inpainted = inpainting(model, tokenizer, vq, dcfg, ecfg.inpainted, key=jax.random.fold_in(key, 3))
+    figures.update(zip(("inpainting", "inpainting right", "kept tokens", "kept pixels"), inpainted))
+    figures["seconds"] = time.perf_counter() - start
+    return figures
+
+
+def print_shapes_eval(f, ecfg=ShapesEvalConfig()):
+    """Prints shapes_eval's figures f, one line per mode."""
+    print(f"text->image: {f['text->image']:.1%} of the {len(DESCRIPTIONS)} canonical prompts drawn with all four "
+          "attributes right")
+    print(f"image->text: {f['image->text']:.1%} of captions of {ecfg.captioned} fresh pictures name all four "
+          f"attributes (e.g. {f['example caption']!r})")
+    print(f"unconditional: {f['unconditional valid']:.1%} of {ecfg.unconditional} pictures valid, "
+          f"{f['unconditional descriptions']} of the {len(DESCRIPTIONS)} descriptions appear, "
+          f"{f['unconditional match']:.1%} of the valid ones match the caption drawn with them")
+    print(f"inpainting: {f['inpainting']:.1%} of {ecfg.inpainted} fresh pictures redrawn with all four attributes "
+          f"of the prompt right and the kept part unchanged ({f['inpainting right']:.1%} right; kept tokens "
+          f"identical in {f['kept tokens']:.0%}, kept pixels within {KEPT_TOLERANCE} grey levels of the picture "
+          f"in {f['kept pixels']:.0%}) ({f['seconds']:.0f} s for the whole eval)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default="checkpoints/shapes", help="folder with upgen.eqx and vqgan.eqx")
+    p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same figures")
+    sample.decode_flags(p)
+    p.add_argument("--captioned", type=int, default=ShapesEvalConfig.captioned,
+                   help="fresh pictures to caption (image->text)")
+    p.add_argument("--unconditional", type=int, default=ShapesEvalConfig.unconditional,
+                   help="unconditional (picture, caption) pairs to draw")
+    p.add_argument("--inpainted", type=int, default=ShapesEvalConfig.inpainted, help="fresh inpainting tasks")
+    args = p.parse_args(argv)
+    try:
+        dcfg = sample.decode_config(args)
+        ecfg = ShapesEvalConfig(args.captioned, args.unconditional, args.inpainted)
+        model, tokenizer, vq = sample.load(args.ckpt)
+        if vq.cfg.image_size != shapes.ShapesConfig().image_size:
+            raise ValueError(f"{args.ckpt} takes {vq.cfg.image_size}px images, not the shapes world's "
+                             f"{shapes.ShapesConfig().image_size}px pictures")
+        figures = shapes_eval(model, tokenizer, vq, dcfg, key=jax.random.key(args.seed), ecfg=ecfg)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+    print_shapes_eval(figures, ecfg)
+    return figures
+
+
+if __name__ == "__main__":
+    main()

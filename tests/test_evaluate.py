@@ -1,0 +1,68 @@
+"""evaluate.py: every sampling mode, scored by reading its pictures and captions back on the shapes world."""
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import evaluate
+import sample
+import shapes
+import upgen
+import vqgan
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes"
+SMALL = evaluate.ShapesEvalConfig(captioned=4, unconditional=8, inpainted=4, batch=64)
+SHARES = ("text->image", "image->text", "unconditional valid", "unconditional match", "inpainting",
+          "inpainting right", "kept tokens", "kept pixels")
+
+
+def test_inpainting_cases_keep_no_shape_and_ask_for_one_that_fits():
+    images, keep, labels = evaluate.inpainting_cases(40, seed=1)
+    cells = sample.cell_pixels(keep, 64)[..., 0]
+    for image, kept, prompt, cell_keep in zip(images, cells, labels, keep):
+        background = np.median(image[kept], axis=0)
+        assert np.abs(image[kept].astype(int) - background).max() < 8  # the kept part is plain background
+        redrawn = ~cell_keep.reshape(8, 8)
+        assert redrawn.sum() == 40  # a band of 5 of the 8 token rows or columns
+        drawn = shapes.render(prompt, np.random.default_rng(0))  # the prompt's shape, drawn alone
+        assert np.all(np.abs(drawn.astype(int) - np.median(drawn[kept], axis=0))[kept].max(-1) < 8)
+        assert np.all(np.array(shapes.read_picture(image)) != prompt)  # another shape, colour, size and position
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return sample.load(SHIPPED)
+
+
+def test_the_shipped_model_draws_and_captions_the_shapes_world(shipped):
+    figures = evaluate.shapes_eval(*shipped, sample.DecodeConfig(), key=jax.random.key(0), ecfg=SMALL)
+    assert all(0 <= figures[name] <= 1 for name in SHARES)
+    assert figures["text->image"] > 0.9  # of the 180 canonical prompts
+    assert figures["image->text"] >= 0.75 and shapes.parse_caption(figures["example caption"]) is not None
+    assert figures["unconditional valid"] >= 0.75 and 1 <= figures["unconditional descriptions"] <= 8
+    assert figures["kept tokens"] == 1.0  # inpainting never changes a kept token
+    assert figures["seconds"] > 0
+
+
+def test_a_random_model_scores_nothing_and_the_command_line_prints_every_mode(shipped, tmp_path, capsys):
+    model, tokenizer, vq = shipped
+    cfg = upgen.UPGenConfig(image_codes=model.cfg.image_codes, text_vocab=model.cfg.text_vocab,
+                            width=32, depth=1, heads=2, mlp=64)
+    upgen.save_upgen(tmp_path / "upgen.eqx", upgen.UPGen(cfg, key=jax.random.key(1)), tokenizer)
+    vqgan.save_vqgan(tmp_path / "vqgan.eqx", vq)
+    figures = evaluate.main(["--ckpt", str(tmp_path), "--steps", "4", "--captioned", "2", "--unconditional", "4",
+                             "--inpainted", "2"])
+    assert figures["text->image"] < 0.05 and figures["image->text"] == 0 and figures["inpainting"] == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["text->image", "image->text", "unconditional", "inpainting"]
+    assert "of 2 fresh pictures" in lines[1] and "of 4 pictures valid" in lines[2] and "of 2 fresh" in lines[3]
+
+
+def test_bad_settings_are_one_line_errors(shipped, tmp_path):
+    for argv, says in ((["--captioned", "0"], "at least 1"), (["--temperature", "-1"], "temperature"),
+                       (["--ckpt", str(tmp_path)], "python train.py")):
+        with pytest.raises(SystemExit) as exit:
+            evaluate.main(argv)
+        message = str(exit.value.code)
+        assert message.startswith("error: ") and says in message and "\n" not in message
