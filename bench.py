@@ -6,12 +6,14 @@
     python bench.py --decode                 # sample.generate's T-step decode against T single forward passes
 
 The reference step is the same encoder written the usual way: a dict of arrays, batched (B, L, D) matmuls,
-layers in a Python loop, a Bernoulli mask, cross-entropy at masked positions, optax.adamw, one jax.jit.
+layers in a Python loop, a Bernoulli mask, cross-entropy at masked positions, optax.adamw, one jax.jit donating
+parameters and optimizer state.
 Every comparison runs both sides in this process, alternating for ROUNDS rounds, and prints the median, so a
 ratio does not depend on what else the machine does. Read first: train.py, shards.py, sample.py.
 """
 import argparse
 import dataclasses
+import functools
 import math
 import resource
 import subprocess
@@ -32,7 +34,7 @@ import train
 import upgen
 import vqgan
 
-ROUNDS = 3  # alternating rounds of each side of a comparison; the median of them is printed
+ROUNDS = 5  # alternating rounds of each side of a comparison; the median of them is printed
 
 
 def matmul_peak(dtype, n=2048, repeats=5):
@@ -106,7 +108,7 @@ def reference_step(cfg: upgen.UPGenConfig, tcfg: train.TrainConfig):
                             optax.adamw(tcfg.lr, b1=0.9, b2=0.95, weight_decay=tcfg.weight_decay))
     params = reference_params(cfg, jax.random.key(0))
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, tokens, key):
         loss, grads = jax.value_and_grad(reference_loss)(params, tokens, key, cfg)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -121,17 +123,24 @@ def reference_step(cfg: upgen.UPGenConfig, tcfg: train.TrainConfig):
 
 def alternate(sides, state, rounds, repeats):
     """Runs each side's state = step(state, i) `repeats` times per round, the sides taking turns for `rounds` rounds
-    -> (final states, the median step seconds of each side). Each side's first two steps compile and warm up."""
-    state, times = list(state), [[] for _ in sides]
+    -> (final states, each side's median step seconds per round (sides, rounds)). Each side's first two steps
+    compile and warm up, uncounted."""
+    state, times = list(state), np.zeros((len(sides), rounds))
     for r in range(rounds):
         for k, step in enumerate(sides):
+            seconds = []
             for i in range(repeats + 2 * (r == 0)):
                 start = time.perf_counter()
                 state[k] = step(state[k], i)
                 jax.block_until_ready(state[k])
-                if r or i >= 2:
-                    times[k].append(time.perf_counter() - start)
-    return state, [float(np.median(t)) for t in times]
+                seconds += [time.perf_counter() - start] if r or i >= 2 else []
+            times[k, r] = np.median(seconds)
+    return state, times
+
+
+def ratio(times, k=0, to=1):
+    """The median over rounds of side `to`'s time over side k's: how many times faster k runs."""
+    return float(np.median(times[to] / times[k]))
 
 
 def bench_train(batch, steps, peak_flops):
@@ -144,8 +153,8 @@ def bench_train(batch, steps, peak_flops):
     laptop = upgen.UPGenConfig(image_codes=512, text_vocab=320, compute_dtype=dtype)
     larger = upgen.VIT_L if accelerator else dataclasses.replace(laptop, width=512, depth=8, heads=8, mlp=2048)
     mesh = train.make_mesh()
-    for name, mcfg, n in [("laptop", laptop, batch), ("ViT-L" if accelerator else "larger", larger,
-                                                      max(batch // 4, jax.device_count()))]:
+    for name, mcfg in [("laptop", laptop), ("ViT-L" if accelerator else "larger", larger)]:
+        n = batch
         tcfg = train.TrainConfig(batch=n, steps=1)
         optimizer = train.make_optimizer(tcfg)
         model_state = train.replicate(train.init_state(mcfg, optimizer, key=jax.random.key(0)), mesh)
@@ -159,14 +168,15 @@ def bench_train(batch, steps, peak_flops):
 
         *ref_state, ref = reference_step(mcfg, tcfg)
         theirs = lambda state, i: ref(*state, tokens, jax.random.key(i))[:2]  # noqa: E731
-        (model_state, _), (step_time, ref_time) = alternate([ours, theirs], [model_state, tuple(ref_state)], ROUNDS,
-                                                            max(1, steps // ROUNDS))
+        (model_state, _), times = alternate([ours, theirs], [model_state, tuple(ref_state)], ROUNDS,
+                                            max(1, steps // ROUNDS))
+        step_time, ref_time = np.median(times, axis=1)
         n_params = upgen.count_params(model_state[0])
         tokens_per_s = n * mcfg.seq_len / step_time
         mfu = tokens_per_s * flops_per_token(mcfg, n_params) / (peak * jax.device_count())
         print(f"{name}: {n_params / 1e6:.1f}M params, batch {n} x {mcfg.seq_len} tokens, {mcfg.compute_dtype}: "
               f"{step_time * 1e3:.1f} ms/step, {tokens_per_s:,.0f} tokens/s, MFU {mfu:.1%}; reference step "
-              f"{ref_time * 1e3:.1f} ms, ours {ref_time / step_time:.2f}x its speed")
+              f"{ref_time * 1e3:.1f} ms, ours {ratio(times):.2f}x its speed (median of {ROUNDS} rounds)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -207,13 +217,14 @@ def bench_shards(n, folder, vq_path, steps=50):
         return step
 
     states = [train.replicate(train.init_state(mcfg, optimizer, key=jax.random.key(0)), mesh) for _ in "ab"]
-    _, (from_shards, in_memory) = alternate([stepper(True), stepper(False)], states, ROUNDS, max(1, steps // ROUNDS))
+    _, times = alternate([stepper(True), stepper(False)], states, ROUNDS, max(1, steps // ROUNDS))
+    from_shards, in_memory = np.median(times, axis=1)
     figures.update(step_from_shards_s=from_shards, step_in_memory_s=in_memory,
                    batch_building_s=float(np.median(seconds_loading)), peak_rss_mb=peak_rss_mb())
     print(f"{n:,} pictures: rendered as .tar in {figures['render_s']:.0f} s, tokenised at "
           f"{figures['pictures_per_s']:.0f} pictures/s; train step {from_shards * 1e3:.1f} ms reading the shards "
           f"({figures['batch_building_s'] * 1e3:.2f} ms of it building the batch) vs {in_memory * 1e3:.1f} ms on a "
-          f"batch in memory ({from_shards / in_memory - 1:+.1%}); peak RSS {figures['peak_rss_mb']:.0f} MB",
+          f"batch in memory ({1 / ratio(times) - 1:+.1%}); peak RSS {figures['peak_rss_mb']:.0f} MB",
           flush=True)
     return figures
 
@@ -229,9 +240,11 @@ def bench_decode(ckpt, n, steps):
     forward = eqx.filter_jit(sample.model_logits)
     decode = lambda state, i: sample.generate(model, seqs, cfg, key=jax.random.fold_in(key, i))  # noqa: E731
     passes = lambda state, i: [forward(model, seqs) for _ in range(cfg.steps)]  # noqa: E731
-    _, (loop, single) = alternate([decode, passes], [None, None], ROUNDS, 1)
+    _, times = alternate([decode, passes], [None, None], ROUNDS, 3)
+    loop, single = np.median(times, axis=1)
     print(f"batch {n}, {cfg.steps} steps on {jax.devices()[0].platform}: compiled decode {loop * 1e3:.0f} ms, "
-          f"{cfg.steps} single forward passes {single * 1e3:.0f} ms, ratio {loop / single:.2f}")
+          f"{cfg.steps} single forward passes {single * 1e3:.0f} ms, ratio {1 / ratio(times):.2f} (median of "
+          f"{ROUNDS} rounds)")
 
 
 def main(argv=None):

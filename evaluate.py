@@ -1,12 +1,15 @@
 """Evals of every sampling mode of a trained UPGen: draw, then read the pictures and captions back.
 
 On the shapes world, shapes.read_picture and shapes.parse_caption read pictures and captions back exactly, so
-text->image, image->text, unconditional sampling and text-guided inpainting each get an accuracy.
+text->image, image->text, unconditional sampling and text-guided inpainting each get an accuracy. On any data, the
+run's held-out pairs (shards.py keeps them out of training) are captioned, and their captions drawn and captioned
+back, with no classifier: the model reads its own drawings.
 
     python evaluate.py                      # the shipped model (checkpoints/shapes): a few minutes on 2 cores
     python evaluate.py --ckpt runs/shapes   # yours, from train.py
+    python evaluate.py --ckpt runs/mine     # a run on your own pictures: its held-out pairs (below)
 
-One section per world (today the shapes world), then the command line. Read sample.py first.
+One section per world (the shapes world, any folder's held-out pairs), then the command line. Read sample.py first.
 """
 import argparse
 import itertools
@@ -14,6 +17,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -21,6 +25,7 @@ import numpy as np
 import data
 import sample
 import shapes
+import shards
 import vqgan
 
 # ---------------------------------------------------------------------------------------------------
@@ -78,7 +83,8 @@ def text_to_image(model, tokenizer, vq, dcfg, batch, *, key):
     """-> share of the 180 canonical prompts drawn with all four attributes right."""
     texts = np.stack([tokenizer.encode(shapes.canonical_caption(labels)) for labels in DESCRIPTIONS])
     prompts = sample.inputs(model.cfg, len(DESCRIPTIONS), text=texts)  # (180, L)
-    _, read = draw(vq, model.cfg, lambda seqs, k: sample.generate(model, seqs, dcfg, key=k), prompts, batch, key=key)
+    drawn = lambda seqs, k: sample.generate(model, seqs, dcfg, sample.TEXT_GUIDANCE, key=k)  # noqa: E731
+    _, read = draw(vq, model.cfg, drawn, prompts, batch, key=key)
     return float(np.mean([r == labels for r, labels in zip(read, DESCRIPTIONS)]))
 
 
@@ -153,6 +159,43 @@ def print_shapes_eval(f, ecfg=ShapesEvalConfig()):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Any folder: the run's held-out pairs (shards.held_out_rows), which no tokenizer and no step trained on
+
+HELD_OUT_PAIRS = 500  # held-out pairs an eval reads at most
+
+
+def caption_scores(written, wanted):
+    """Tokenizer ids (n, Nt) written and wanted -> (share of captions exactly right, share of the wanted tokens
+    written in their place)."""
+    real = wanted != data.PAD
+    return float(np.all(written == wanted, axis=1).mean()), float(((written == wanted) & real).sum() / real.sum())
+
+
+def held_out_eval(model, tokenizer, vq, rows, dcfg, *, key, batch=32):
+    """Held-out pairs rows (n, Ni + Nt) -> image->text: their pictures captioned, exactly right and word by word;
+    text->image: pictures drawn from their captions (guidance sample.TEXT_GUIDANCE), decoded to pixels, encoded
+    again and captioned back, exactly right: a drawing that shows what its caption says is captioned with it."""
+    start, mcfg = time.perf_counter(), model.cfg
+    codes, captions = np.asarray(rows[:, :mcfg.image_tokens], np.int32), np.asarray(rows[:, mcfg.image_tokens:], int)
+    prior = sample.length_prior(tokenizer)
+    caption = lambda c, k: sample.write_text(model, c, prior, dcfg, key=k)  # noqa: E731
+    i2t_key, t2i_key, back_key = jax.random.split(key, 3)
+    exact, words = caption_scores(data.in_batches(caption, codes, batch, key=i2t_key), captions)
+    drawn = data.in_batches(lambda s, k: sample.generate(model, s, dcfg, sample.TEXT_GUIDANCE, key=k)[-1],
+                            sample.inputs(mcfg, len(rows), text=captions), 8 * batch, key=t2i_key)  # (n, L)
+    again = vqgan.encode_images(vq, sample.pictures(vq, drawn, mcfg))  # (n, Ni)
+    back, _ = caption_scores(data.in_batches(caption, again, batch, key=back_key), captions)
+    return {"pairs": len(rows), "image->text exact": exact, "image->text words": words, "text->image captioned back":
+            back, "seconds": time.perf_counter() - start}
+
+
+def held_out_line(f):
+    return (f"held-out pairs ({f['pairs']}): image->text {f['image->text exact']:.1%} exactly right, "
+            f"{f['image->text words']:.1%} of words; text->image {f['text->image captioned back']:.1%} captioned "
+            f"back exactly with their prompt ({f['seconds']:.0f} s)")
+
+
+# ---------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -166,18 +209,27 @@ def main(argv=None):
     p.add_argument("--unconditional", type=int, default=ShapesEvalConfig.unconditional,
                    help="unconditional (picture, caption) pairs to draw")
     p.add_argument("--inpainted", type=int, default=ShapesEvalConfig.inpainted, help="fresh inpainting tasks")
+    p.add_argument("--shards", help="the run's token shards, whose held-out pairs are read (default: CKPT/shards)")
     args = p.parse_args(argv)
+    folder = Path(args.shards or Path(args.ckpt) / "shards")
+    shapes_world = not folder.exists() or (Path(args.ckpt) / "shapes").exists()  # train.py renders shapes there
+    figures, key = {}, jax.random.key(args.seed)
     try:
         dcfg = sample.decode_config(args)
         ecfg = ShapesEvalConfig(args.captioned, args.unconditional, args.inpainted)
         model, tokenizer, vq = sample.load(args.ckpt)
-        if vq.cfg.image_size != shapes.ShapesConfig().image_size:
+        rows = shards.held_out_rows(folder, HELD_OUT_PAIRS) if folder.exists() else []
+        if len(rows):
+            figures["held out"] = held_out_eval(model, tokenizer, vq, rows, dcfg, key=key)
+            print(held_out_line(figures["held out"]), flush=True)
+        if shapes_world and vq.cfg.image_size != shapes.ShapesConfig().image_size:
             raise ValueError(f"{args.ckpt} takes {vq.cfg.image_size}px images, not the shapes world's "
                              f"{shapes.ShapesConfig().image_size}px pictures")
-        figures = shapes_eval(model, tokenizer, vq, dcfg, key=jax.random.key(args.seed), ecfg=ecfg)
+        if shapes_world:
+            figures.update(shapes_eval(model, tokenizer, vq, dcfg, key=key, ecfg=ecfg))
+            print_shapes_eval(figures, ecfg)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
-    print_shapes_eval(figures, ecfg)
     return figures
 
 

@@ -37,7 +37,8 @@ import vqgan
 @dataclass(frozen=True)
 class DecodeConfig:
     steps: int = 12  # T: forward passes per sample (MaskGIT: 8-12)
-    temperature: float = 1.0  # sampling temperature of each token; 0 = argmax
+    temperature: float = 0.5  # sampling temperature of each token; 0 = argmax (0.5: cleaner shapes than 1, and
+    #                           the shipped model draws 100% of the eval's prompts right, against 98%)
     choice_temperature: float = 4.5  # Gumbel noise on confidences (MaskGIT's ImageNet value), annealed to 0
 
     def __post_init__(self):
@@ -72,7 +73,11 @@ def sample_tokens(logits, temperature, *, key):
     """logits (B, L, V) -> token ids (B, L), sampled at this temperature (argmax at 0)."""
     if temperature == 0:
         return jnp.argmax(logits, axis=-1)
-    return jax.random.categorical(key, logits / temperature, axis=-1)
+    # Inverse-CDF sampling: one uniform per slot against the cumulative probabilities. jax.random.categorical
+    # draws V Gumbels per slot instead, which on a CPU costs more than the model's forward pass.
+    cdf = jnp.cumsum(jax.nn.softmax(logits / temperature, axis=-1), axis=-1)  # (B, L, V)
+    u = (1 - jax.random.uniform(key, (*logits.shape[:-1], 1))) * cdf[..., -1:]  # (B, L, 1) in (0, total]
+    return jnp.sum(cdf < u, axis=-1)  # the first id whose cdf reaches u; ids of probability 0 never qualify
 
 
 def decode(logits_fn, tokens, *, mask_id, dcfg=DecodeConfig(), key):
@@ -279,6 +284,7 @@ def save_grid(images, path):
 # Text-guided inpainting
 
 INPAINT_GUIDANCE = 1.0  # on the shapes eval's inpainting, 1 draws the prompt right more often than 0 or 3
+TEXT_GUIDANCE = 2.0  # text->image: a 10-minute laptop model draws 37-41% of the eval's prompts right, against 27-31%
 
 
 def inpaint(model, vq, images, keep, text, dcfg, guidance=INPAINT_GUIDANCE, *, key):
@@ -404,7 +410,7 @@ def parser():
                    "(the token cells whose centres it holds); the rest is redrawn")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale on the prompt, or on an "
                    f"unconditional picture's own caption (0: off; default: {INPAINT_GUIDANCE} when inpainting, "
-                   "else 0)")
+                   f"{TEXT_GUIDANCE} for a prompt, else 0)")
     p.add_argument("--n", type=int, default=4, help="how many samples")
     decode_flags(p)
     p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same samples")
@@ -433,7 +439,7 @@ def main(argv=None):
         prompt = prompt_ids(tokenizer, args.prompt)
         guidance = args.guidance
         if guidance is None:  # each mode's default
-            guidance = INPAINT_GUIDANCE if args.keep is not None else 0.0
+            guidance = INPAINT_GUIDANCE if args.keep is not None else TEXT_GUIDANCE if prompt is not None else 0.0
         if args.keep is not None:
             image = np.repeat(data.load_image(args.image, size)[None], n, axis=0)  # (n, S, S, 3)
             keep = np.tile(keep_mask(args.keep, args.image, mcfg, size), (n, 1))

@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import tarfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,10 +50,12 @@ class ShardsConfig:
     vocab_lines: int = 100_000  # captions, then as many text lines, counted for the word vocabulary
     max_words: int = 8192  # words in the vocabulary (others are spelled in bytes)
     text_tokens: int = 16  # text ids per example
+    held_out: float = 1 / 32  # share of pairs kept out of all training (a hash of their names), for held-out figures
 
     def __post_init__(self):
         data.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
-                          ("shard_size", "chunk", "workers", "vocab_lines", "max_words", "text_tokens")])
+                          ("shard_size", "chunk", "workers", "vocab_lines", "max_words", "text_tokens")]
+                   + [("held_out", 0 <= self.held_out < 1, "must be in [0, 1)")])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,6 +146,13 @@ def file_hash(path):
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def is_held_out(name, share=ShardsConfig.held_out):
+    """Whether a pair is in the held-out slice: a hash of its key (a .tar member's, or a picture's file name
+    without folder and suffix), so every host, run and copy of the data agrees, and the slice is spread over it."""
+    key = name.rsplit(":", 1)[1] if ":" in name else Path(name).stem  # tar_pairs names pairs "path:key"
+    return zlib.crc32(key.encode()) < share * 2 ** 32
+
+
 def decode_pair(name, picture, caption, why, size):
     """One pair -> (picture uint8 (size, size, 3), caption, "") or (None, None, "name: why") to skip it."""
     if why:
@@ -156,34 +166,39 @@ def decode_pair(name, picture, caption, why, size):
 def decoded_chunks(pairs, size, chunk, pool):
     """Lists of chunk decoded pairs; the next chunk decodes in the pool's threads while the caller encodes this one."""
     def submit():  # reads the chunk's bytes here, decodes them in the pool
-        return [pool.submit(decode_pair, *pair, size) for pair in itertools.islice(pairs, chunk)]
+        return [(pair[0], pool.submit(decode_pair, *pair, size)) for pair in itertools.islice(pairs, chunk)]
     pending = submit()
     while pending:
         following = submit()
-        yield [job.result() for job in pending]
+        yield [(name, *job.result()) for name, job in pending]
         pending = following
 
 
 def encode_file(vq, tokenizer, file, cfg: ShardsConfig, pool, bar):
-    """One input file -> (uint16 (n, image_tokens + text_tokens): VQGAN codes, then caption ids; caption-length
-    counts (length,) of 1..length tokens; skipped "name: why" strings)."""
-    rows, skipped = [], []
+    """One input file -> (training rows uint16 (n, image_tokens + text_tokens): VQGAN codes, then caption ids;
+    the held-out rows, the same; caption-length counts (length,) of 1..length tokens of the training rows; skipped
+    "name: why" strings)."""
+    rows, held, skipped = [], [], []
     for chunk in decoded_chunks(pairs(file), vq.cfg.image_size, cfg.chunk, pool):
-        skipped += [why for _, _, why in chunk if why]
-        good = [(picture, caption) for picture, caption, why in chunk if not why]
+        skipped += [why for _, _, _, why in chunk if why]
+        good = [(name, picture, caption) for name, picture, caption, why in chunk if not why]
         if not good:
             continue
-        pictures = np.stack([picture for picture, _ in good])  # (n, S, S, 3)
+        pictures = np.stack([picture for _, picture, _ in good])  # (n, S, S, 3)
         padded = np.concatenate([pictures, np.repeat(pictures[-1:], cfg.chunk - len(good), 0)])  # one compile
         codes = vqgan.encode_images(vq, padded, batch=cfg.chunk)[:len(good)]  # (n, image_tokens)
-        ids = np.stack([tokenizer.encode(caption) for _, caption in good])  # (n, text_tokens)
-        rows.append(np.concatenate([codes, ids], axis=1).astype(np.uint16))
+        ids = np.stack([tokenizer.encode(caption) for _, _, caption in good])  # (n, text_tokens)
+        chunk_rows = np.concatenate([codes, ids], axis=1).astype(np.uint16)
+        out = np.array([is_held_out(name, cfg.held_out) for name, _, _ in good])
+        rows.append(chunk_rows[~out])
+        held.append(chunk_rows[out])
         bar.update(len(good))
     if not rows and not skipped:
         skipped.append(f"{describe(file)}: no image-caption pairs")
-    rows = np.concatenate(rows) if rows else np.zeros((0, vq.cfg.tokens_per_side ** 2 + cfg.text_tokens), np.uint16)
+    empty = np.zeros((0, vq.cfg.tokens_per_side ** 2 + cfg.text_tokens), np.uint16)
+    rows, held = (np.concatenate(x) if x else empty for x in (rows, held))
     lengths = np.bincount((rows[:, -cfg.text_tokens:] != data.PAD).sum(1), minlength=cfg.text_tokens + 1)[1:]
-    return rows, lengths.tolist(), skipped
+    return rows, held, lengths.tolist(), skipped
 
 
 def manifest_path(folder, process, processes):
@@ -207,6 +222,8 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
         raise ValueError(f"{folder} was tokenised with another VQGAN than {vq_path}: give another folder or delete it")
     if manifest and manifest["text_tokens"] != cfg.text_tokens:
         raise ValueError(f"{folder} holds {manifest['text_tokens']} text tokens per example, not {cfg.text_tokens}")
+    if manifest and manifest.get("held_out", 0) != cfg.held_out:
+        raise ValueError(f"{folder} holds out another share of the pairs: give another folder or delete it")
     if manifest and manifest["complete"]:
         log(f"token shards: {folder}, complete")
         return manifest
@@ -221,8 +238,8 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
             raise ValueError("shards hold uint16 ids: the codebook and the text vocabulary must have at most 65536")
         manifest = {"source": source, "text": text, "process": process, "processes": processes,
                     "vqgan_sha256": vq_hash, "image_tokens": vq.cfg.tokens_per_side ** 2,
-                    "text_tokens": cfg.text_tokens, "words": list(tokenizer.words), "shards": [], "text_shards": [],
-                    "complete": False}
+                    "text_tokens": cfg.text_tokens, "held_out": cfg.held_out, "words": list(tokenizer.words),
+                    "shards": [], "text_shards": [], "complete": False}
     tokenizer = data.Tokenizer(tuple(manifest["words"]), cfg.text_tokens)
     folder.mkdir(parents=True, exist_ok=True)
     save_manifest(path, manifest)
@@ -231,10 +248,12 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
     log(f"tokenising {len(mine)} of {len(files)} input files into {folder} (process {process} of {processes})")
     with ThreadPoolExecutor(cfg.workers) as pool, tqdm(unit=" pictures", desc="tokenise", disable=not mine) as bar:
         for i in mine:
-            rows, lengths, skipped = encode_file(vq, tokenizer, files[i], cfg, pool, bar)
+            rows, held, lengths, skipped = encode_file(vq, tokenizer, files[i], cfg, pool, bar)
+            data.write_atomically(folder / f"held-out-{i:05d}.npy", lambda f: np.save(f, held))
             data.write_atomically(folder / f"images-{i:05d}.npy", lambda f: np.save(f, rows))
             manifest["shards"].append({"file": f"images-{i:05d}.npy", "input": describe(files[i]),
-                                       "examples": len(rows), "caption_lengths": lengths, "skipped": skipped})
+                                       "examples": len(rows), "held_out": len(held), "caption_lengths": lengths,
+                                       "skipped": skipped})
             save_manifest(path, manifest)
     lines = data.text_lines(text) if text else iter(())
     for i in itertools.count():  # every process reads all the lines, and tokenises its own shard_size at a time
@@ -249,8 +268,8 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
     manifest["complete"] = True
     save_manifest(path, manifest)
     skipped = [s for shard in manifest["shards"] for s in shard["skipped"]]
-    log(f"{sum(s['examples'] for s in manifest['shards'])} pictures in {len(manifest['shards'])} shard(s); "
-        f"skipped {len(skipped)} (listed in {path})" + "".join(f"; {s}" for s in skipped[:3]))
+    log(f"{sum(s['examples'] for s in manifest['shards'])} pictures in {len(manifest['shards'])} shard(s), "
+        f"{sum(s.get('held_out', 0) for s in manifest['shards'])} held out; skipped {len(skipped)} (listed in {path})" + "".join(f"; {s}" for s in skipped[:3]))
     return manifest
 
 
@@ -278,6 +297,14 @@ def open_shards(folder, vq_path, process=0, processes=1):
     return data.Tokenizer(tuple(manifest["words"]), manifest["text_tokens"], tuple(lengths)), images, texts
 
 
+def held_out_rows(folder, n):
+    """Up to n held-out pairs of every process's finished shards in folder, spread over them -> uint16 (k, Ni + Nt)."""
+    files = [Path(folder) / s["file"].replace("images-", "held-out-") for path in sorted(Path(folder).glob(
+        "manifest-*.json")) for s in json.loads(path.read_text())["shards"] if s.get("held_out")]
+    rows = np.concatenate([np.load(f) for f in files]) if files else np.zeros((0, 0), np.uint16)
+    return rows[np.unique(np.linspace(0, len(rows) - 1, min(n, len(rows))).astype(int))]
+
+
 # ----------------------------------------------------------------------------------------------
 # The run's data: its image tokenizer, its shards, and each step's batch drawn from them
 
@@ -298,7 +325,7 @@ def readable_pictures(source, size, n):
     """The first n pictures of source that decode, with a caption -> uint8 (k, size, size, 3), 1 <= k <= n."""
     pictures, skipped = [], []
     for file in input_files(source, ShardsConfig.shard_size):
-        for pair in pairs(file):
+        for pair in (p for p in pairs(file) if not is_held_out(p[0])):  # no tokenizer learns the held-out slice
             picture, _, why = decode_pair(*pair, size)
             skipped += [why] if why else []
             pictures += [] if why else [picture]
@@ -411,6 +438,8 @@ def main(argv=None):
                                                                           "the word vocabulary")
     p.add_argument("--max-words", type=int, default=d.max_words, help="words in the vocabulary")
     p.add_argument("--text-tokens", type=int, default=d.text_tokens, help="text ids per example (train.py's too)")
+    p.add_argument("--held-out", type=float, default=d.held_out, help="share of pairs kept out of training, for "
+                                                                      "held-out figures (train.py's is the default)")
     args = p.parse_args(argv)
     try:
         if not args.images or not args.out:

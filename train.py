@@ -29,12 +29,15 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 import data
+import evaluate
 import sample
 import shards
 import upgen
 
 DEFAULT_MINUTES = 10.0  # the whole run's wall-clock budget when no step count is given
 FINISH_SECONDS = 20  # what a budgeted run keeps for after training (upgen.eqx, samples.png): its schedule ends there
+HELD_OUT_SECONDS = 40  # ... and a run on your pictures for the figures of its held-out pairs (~100 of them)
+HELD_OUT_PAIRS = 100  # held-out pairs a run on your pictures reports on at its end (evaluate.py reads more)
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class RunConfig:
     keep: int = 2                     # state_<step>.eqx files kept (0 = none, only upgen.eqx at the end)
     save_every: int = 500             # steps between state files
     log_every: int = 50               # steps between log lines; a budgeted run's hosts share the clock only then
-    samples: int = 8                  # pictures drawn at the end from the first training captions (0 = none)
+    samples: int = 8                  # pictures drawn at the end from held-out captions, spread over the data
     tpu: bool = False                 # multi-host TPU: jax.distributed.initialize() first
 
     def __post_init__(self):
@@ -293,6 +296,16 @@ def train_loop(model, opt_state, step, tcfg, run, mcfg, tokenizer, corpus, budge
     return model
 
 
+def write_samples(model, vq, tokenizer, rows, n, path, *, key, log):
+    """Draws n different captions of rows (n_rows, Ni + Nt), spread over them, into one PNG."""
+    captions = list(dict.fromkeys(tokenizer.decode(row[model.cfg.image_tokens:]) for row in rows))  # distinct
+    prompts = [captions[i] for i in np.unique(np.linspace(0, len(captions) - 1, n).astype(int))]
+    tokens = sample.inputs(model.cfg, len(prompts), text=np.stack([tokenizer.encode(p) for p in prompts]))
+    states = sample.generate(model, tokens, sample.DecodeConfig(), sample.TEXT_GUIDANCE, key=key)  # (T, n, L)
+    sample.save_grid(sample.pictures(vq, states[-1], model.cfg)[None], path)
+    log(f"{path.name} shows, left to right: " + "; ".join(prompts))
+
+
 def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
     """The whole run: its image tokenizer and token shards (shards.py), the model, the loop, upgen.eqx and samples.
     settings: the model's shape and objective; the tokenizers set its sizes (shards.model_config)."""
@@ -318,18 +331,19 @@ def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
     log(f"UPGen {upgen.count_params(model) / 1e6:.2f}M params; {mcfg}")
     log(f"{tcfg}; {len(jax.devices())} devices, {processes} host(s); this host draws from "
         f"{sum(map(len, images))} pictures and {sum(map(len, texts))} texts (the captions when no --text)")
-    end = started + 60 * minutes - FINISH_SECONDS if minutes else None
+    end = started + 60 * minutes - FINISH_SECONDS - HELD_OUT_SECONDS * bool(tcfg.images) if minutes else None
     budget = Budget(time.perf_counter(), end, saved.progress if saved else 0.0)
     model = host_copy(train_loop(model, opt_state, step, tcfg, run, mcfg, tokenizer, (images, texts), budget, log))
     if process == 0:
         upgen.save_upgen(out / "upgen.eqx", model, tokenizer)
         log(f"wrote {out / 'upgen.eqx'}")
-        if run.samples:  # text -> image for a few training captions: a quick look at what the model learnt
-            prompts = [tokenizer.decode(row[mcfg.image_tokens:]) for row in images[0][:run.samples]]
-            tokens = jnp.concatenate([sample.inputs(mcfg, 1, text=tokenizer.encode(p)) for p in prompts])  # (B, L)
-            states = sample.generate(model, tokens, sample.DecodeConfig(), key=jax.random.key(tcfg.seed))  # (T, B, L)
-            sample.save_grid(sample.pictures(vq, states[-1], mcfg)[None], out / "samples.png")
-            log("samples.png shows, left to right: " + "; ".join(prompts))
+        held_out, key = shards.held_out_rows(folder, HELD_OUT_PAIRS), jax.random.key(tcfg.seed)
+        if tcfg.images and len(held_out):  # the shapes world has evaluate.py's own eval
+            log(evaluate.held_out_line(evaluate.held_out_eval(model, tokenizer, vq, held_out, sample.DecodeConfig(),
+                                                              key=key)))
+        if run.samples:  # text -> image of a few captions no step trained on: a quick look at what it learnt
+            write_samples(model, vq, tokenizer, held_out if len(held_out) else images[0], run.samples,
+                          out / "samples.png", key=key, log=log)
     return model
 
 
@@ -373,7 +387,7 @@ def parse(argv):
     data.flag(g, r, "keep", "state_<step>.eqx files to keep (0 = none, only upgen.eqx at the end)")
     data.flag(g, r, "save_every", "steps between state checkpoints")
     data.flag(g, r, "log_every", "steps between log lines")
-    data.flag(g, r, "samples", "pictures drawn at the end from the first training captions (0 = none)")
+    data.flag(g, r, "samples", "pictures drawn at the end from held-out captions, spread over the data (0 = none)")
     data.flag(g, r, "tpu", "multi-host TPU: jax.distributed.initialize() first; run on every host")
     args = p.parse_args(argv)
     model = {**data.fields_of(upgen.UPGenConfig, args), **(upgen.PAPER_OBJECTIVE if args.paper_objective else {})}

@@ -232,7 +232,9 @@ class UPGen(eqx.Module):
             x = eqx.combine(block_arrays, static)(x, real, dtype)
             return x, x
 
-        x, hiddens = jax.lax.scan(step, x, arrays)                          # (L, D), (depth, L, D)
+        # Two blocks per loop iteration: on a CPU a small model's step is 10-15% faster than one (bench.py), and
+        # the compiled program still holds two blocks whatever the depth.
+        x, hiddens = jax.lax.scan(step, x, arrays, unroll=2)                # (L, D), (depth, L, D)
         logits = dense(self.head, jax.vmap(self.norm)(x), dtype)            # (L, V) float32
         return (logits, hiddens) if hidden else logits
 
@@ -266,8 +268,8 @@ def load_upgen(path):
 
 def masked_loss(logits, tokens, masked, kinds, cfg: UPGenConfig):
     """Weighted cross-entropy at masked positions: logits (B, L, V), tokens, masked (B, L), kinds (B,)."""
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    ce = -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]  # (B, L)
+    target_logit = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]  # (B, L)
+    ce = jax.nn.logsumexp(logits, axis=-1) - target_logit                  # (B, L)
     is_image = jnp.arange(cfg.seq_len) < cfg.image_tokens                 # (L,)
     text_weight = jnp.where(kinds == TEXT_ONLY, cfg.unpaired_text_weight, cfg.paired_text_weight)  # (B,)
     weight = jnp.where(is_image[None, :], cfg.image_weight, text_weight[:, None]) * masked  # (B, L)
@@ -277,7 +279,8 @@ def masked_loss(logits, tokens, masked, kinds, cfg: UPGenConfig):
     # batch of one kind. With all weights 1 this is plain masked cross-entropy.
     loss = (weight * ce).sum() / jnp.maximum(masked.sum(), 1)
 
-    correct = (logits.argmax(-1) == tokens) & masked                        # (B, L)
+    # Right when the target's logit is the largest: argmax's index is not needed, and on a CPU it costs a pass.
+    correct = (target_logit >= logits.max(-1)) & masked                     # (B, L)
     image_masked, text_masked = masked & is_image, masked & ~is_image
     metrics = {
         "image_acc": (correct & is_image).sum() / jnp.maximum(image_masked.sum(), 1),

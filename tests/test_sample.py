@@ -49,6 +49,18 @@ def test_masked_counts_follow_the_cosine_formula_in_the_decoder(n, steps):
         assert list(np.asarray((states[:, b] == MASK_ID).sum(-1))) == formula
 
 
+def test_sampled_tokens_follow_the_softmax_at_their_temperature_and_never_take_a_forbidden_id():
+    logits = jnp.array([2.0, -1e9, 1.0, 0.0, -1e9, 0.5])  # ids 1 and 4 forbidden, as allowed_ids forbids
+    n = 20_000
+    for temperature in (1.0, 0.5):
+        ids = sample.sample_tokens(jnp.broadcast_to(logits, (n, 1, 6)), temperature, key=jax.random.key(0))
+        seen = np.bincount(np.asarray(ids).ravel(), minlength=6) / n
+        want = np.asarray(jax.nn.softmax(logits / temperature))
+        assert seen[1] == seen[4] == 0
+        assert np.abs(seen - want).max() < 4 * np.sqrt(want.max() / n)  # four standard errors
+    assert (sample.sample_tokens(logits[None, None], 0.0, key=jax.random.key(0)) == 0).all()
+
+
 def test_known_tokens_are_never_remasked_nor_changed():
     tokens = jnp.tile(jnp.arange(40) % 7, (3, 1))
     unknown = jax.random.bernoulli(jax.random.key(2), 0.6, tokens.shape)

@@ -49,17 +49,53 @@ def straight(eight_tars, tiny_vqgan, tmp_path_factory):
 def test_shards_hold_codes_and_caption_ids_and_open_memory_mapped(straight, eight_tars, tiny_vqgan, tmp_path):
     import vqgan
     manifest = json.loads(straight["manifest-0of1.json"])
-    assert manifest["complete"] and [s["examples"] for s in manifest["shards"]] == [32] * 8
-    assert sorted(straight) == [f"images-{i:05d}.npy" for i in range(8)] + ["manifest-0of1.json"]
+    held = [[shards.is_held_out(f"shapes.tar:{32 * i + j:09d}") for j in range(32)] for i in range(8)]
+    assert manifest["complete"] and [(s["examples"], s["held_out"]) for s in manifest["shards"]] == [
+        (32 - sum(h), sum(h)) for h in held]
+    assert sorted(straight) == sorted([f"{kind}-{i:05d}.npy" for i in range(8) for kind in ("images", "held-out")]
+                                      + ["manifest-0of1.json"])
     for name, payload in straight.items():
         (tmp_path / name).write_bytes(payload)
     tokenizer, images, texts = shards.open_shards(tmp_path, tiny_vqgan)
-    assert isinstance(images[0], np.memmap) and images[0].dtype == np.uint16 and images[0].shape == (32, 64 + 16)
+    train, out = ~np.array(held[0]), np.array(held[0])
+    assert isinstance(images[0], np.memmap) and images[0].dtype == np.uint16 and images[0].shape == (train.sum(), 80)
     pictures, captions, _ = shapes.examples(32, seed=[0, 0])  # shard 0 of render_shapes
-    assert np.array_equal(images[0][:, :64], vqgan.encode_images(vqgan.load_vqgan(tiny_vqgan), pictures))
-    assert [tokenizer.decode(row) for row in texts[0]] == captions  # no corpus: the captions are the text
-    lengths = [(tokenizer.encode(c) != data.PAD).sum() for i in range(8) for c in shapes.examples(32, seed=[0, i])[1]]
+    codes = vqgan.encode_images(vqgan.load_vqgan(tiny_vqgan), pictures)
+    assert np.array_equal(images[0][:, :64], codes[train])  # the held-out pairs are in no training shard
+    assert np.array_equal(np.load(tmp_path / "held-out-00000.npy")[:, :64], codes[out])
+    assert [tokenizer.decode(row) for row in texts[0]] == [c for c, t in zip(captions, train) if t]  # no corpus
+    lengths = [(tokenizer.encode(c) != data.PAD).sum() for i in range(8)
+               for c, h in zip(shapes.examples(32, seed=[0, i])[1], held[i]) if not h]
     assert tokenizer.caption_lengths == tuple(np.bincount(lengths, minlength=17)[1:].tolist())
+
+
+def test_the_held_out_slice_is_set_by_the_pairs_names_alone_and_about_its_share():
+    names = [f"{i:09d}" for i in range(4000)]
+    slice_of = lambda prefix: [shards.is_held_out(prefix + n) for n in names]  # noqa: E731
+    assert slice_of("a/shapes-00000.tar:") == slice_of("b/other.tar:")  # another .tar or folder holding the pair
+    assert slice_of("") == [shards.is_held_out(f"/data/{n}.jpg") for n in names]  # a folder's a.jpg + a.txt
+    assert abs(np.mean(slice_of("")) - shards.ShardsConfig.held_out) < 0.01
+    assert not any(shards.is_held_out(n, 0.0) for n in names)
+
+
+def test_no_tokenizer_trains_on_a_held_out_picture(tmp_path):
+    pictures, captions, _ = shapes.examples(64, seed=0)
+    for i, (picture, caption) in enumerate(zip(pictures, captions)):
+        Image.fromarray(picture).save(tmp_path / f"{i:04d}.png")
+        (tmp_path / f"{i:04d}.txt").write_text(caption)
+    out = np.array([shards.is_held_out(f"{i:04d}") for i in range(64)])
+    assert out.any()
+    read = shards.readable_pictures(str(tmp_path), 64, 1000)
+    assert np.array_equal(read, pictures[~out])
+
+
+def test_held_out_rows_spread_over_every_process_s_shards(eight_tars, tiny_vqgan, tmp_path):
+    for process in (0, 1):
+        tokenise(eight_tars, tiny_vqgan, tmp_path, process=process, processes=2)
+    every = np.concatenate([np.load(tmp_path / f"held-out-{i:05d}.npy") for i in range(8)])
+    rows = shards.held_out_rows(tmp_path, 1000)
+    assert sorted(map(bytes, rows)) == sorted(map(bytes, every))
+    assert len(shards.held_out_rows(tmp_path, 3)) == 3
 
 
 def test_a_killed_tokenisation_restarts_into_identical_shards(straight, eight_tars, tiny_vqgan, tmp_path):
@@ -87,7 +123,7 @@ def test_a_full_disk_is_one_error_and_the_rerun_writes_identical_shards(straight
 
     def save_then_fill_the_disk(f, array):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 6:  # each shard saves its held-out pairs, then its training pairs: images-00002
             f.write(b"\x93NUMPY half a shard")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_save(f, array)
@@ -95,7 +131,8 @@ def test_a_full_disk_is_one_error_and_the_rerun_writes_identical_shards(straight
     monkeypatch.setattr(np, "save", save_then_fill_the_disk)
     with pytest.raises(OSError, match="images-00002.npy failed .* the disk is full; free space and rerun"):
         tokenise(eight_tars, tiny_vqgan, tmp_path)
-    assert sorted(contents(tmp_path)) == ["images-00000.npy", "images-00001.npy", "manifest-0of1.json"]  # no .tmp
+    assert sorted(contents(tmp_path)) == sorted([f"held-out-{i:05d}.npy" for i in range(3)] + [
+        "images-00000.npy", "images-00001.npy", "manifest-0of1.json"])  # no .tmp
     monkeypatch.setattr(np, "save", real_save)
     tokenise(eight_tars, tiny_vqgan, tmp_path)
     assert contents(tmp_path) == straight
