@@ -309,6 +309,9 @@ def held_out_rows(folder, n):
 # The run's data: its image tokenizer, its shards, and each step's batch drawn from them
 
 SHAPES_VQGAN = Path(__file__).parent / "checkpoints/shapes/vqgan.eqx"  # knows the shapes world's colours only
+USER_CODES = 32  # codes of a tokenizer trained on your pictures: over scanned digits 64 codes let a 10-minute run
+#                   caption 60% of held-out pictures right where 512 (the shapes tokenizer's) let it 14%
+USER_SHARE = 1 / 3  # of the run's budget for training that tokenizer; the rest is UPGen's
 TOKENIZER_PICTURES = 5000  # the sample of a user's pictures a tokenizer of their own trains on (~60 MB at 64x64)
 KINDS = (upgen.PAIRED, upgen.IMAGE_ONLY, upgen.TEXT_ONLY)
 
@@ -338,8 +341,8 @@ def readable_pictures(source, size, n):
 
 def image_tokenizer(out: Path, given: str, images: str, minutes: float, log):
     """The frozen VQGAN, kept as out/vqgan.eqx: the one there, else a copy of `given`, else for the shapes world the
-    shipped shapes tokenizer, else one trained on a sample of the run's own pictures in at most half the run's
-    budget (0 = no budget): the shapes tokenizer would turn them into blobs of its six colours."""
+    shipped shapes tokenizer, else one of USER_CODES codes trained on a sample of the run's own pictures in at most
+    USER_SHARE of the run's budget (0 = no budget): the shapes tokenizer would turn them into blobs of six colours."""
     path = out / "vqgan.eqx"
     source = Path(given) if given else None if images else SHAPES_VQGAN
     if path.exists():
@@ -355,9 +358,10 @@ def image_tokenizer(out: Path, given: str, images: str, minutes: float, log):
         held_out = pictures[:max(1, len(pictures) // 10)]  # (k, S, S, 3), never trained on
         log(f"image tokenizer: none given (--vqgan), training one on {len(pictures) - len(held_out)} of your "
             f"pictures into {path}")
-        budget = vqgan_train.VQGANTrainConfig(max_minutes=minutes / 2 if minutes else None)
+        budget = vqgan_train.VQGANTrainConfig(max_minutes=minutes * USER_SHARE if minutes else None)
         train_pictures = pictures[len(held_out):] if len(pictures) > 1 else pictures
-        vq = vqgan_train.train_vqgan(path, tcfg=budget, images=train_pictures)
+        vq = vqgan_train.train_vqgan(path, dataclasses.replace(vqgan.VQGANConfig(), codebook_size=USER_CODES),
+                                     tcfg=budget, images=train_pictures)
         again = vqgan.decode_tokens(vq, vqgan.encode_images(vq, held_out))
         log(f"image tokenizer: {path} reconstructs {len(held_out)} held-out pictures of yours at PSNR "
             f"{vqgan_train.psnr(held_out, again):.1f} dB")

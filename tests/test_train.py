@@ -194,6 +194,23 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
     assert (tmp_path / "tar" / "upgen.eqx").exists() and (tmp_path / "tar" / "samples.png").exists()
 
 
+def test_a_folder_run_reports_its_held_out_pairs_which_no_step_trained_on(tmp_path, tiny_vqgan):
+    import evaluate
+    import shards
+    captions = write_pairs(tmp_path / "pairs", 70)  # pictures 62 and 66 are in the held-out slice
+    held = [i for i in range(70) if shards.is_held_out(f"{tmp_path}/pairs/{i}.png")]
+    assert held == [62, 66]
+    finish_train(start_train(tmp_path / "run", tiny_vqgan, "--images", str(tmp_path / "pairs"), "--steps", "2",
+                             "--samples", "2"))
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "68 pictures in 1 shard(s), 2 held out" in log and "draws from 68 pictures" in log
+    assert "held-out pairs (2): image->text" in log
+    assert f"samples.png shows, left to right: {captions[62]}; {captions[66]}" in log  # drawn from held-out captions
+    figures = evaluate.main(["--ckpt", str(tmp_path / "run"), "--steps", "2"])["held out"]
+    assert figures["pairs"] == 2 and all(0 <= figures[k] <= 1 for k in (
+        "image->text exact", "image->text words", "text->image captioned back"))
+
+
 def test_a_folder_of_user_pictures_never_gets_the_shapes_tokenizer(tmp_path, tiny_vqgan, monkeypatch):
     import shutil
     import shards
