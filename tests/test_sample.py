@@ -265,7 +265,7 @@ def test_cli_odd_prompts_still_give_pictures(ckpt, tmp_path, capsys, prompt):
     dcfg = sample.DecodeConfig(steps=2)
     if prompt:
         tokens = sample.inputs(model.cfg, 4, text=sample.text_ids(tokenizer, prompt))
-        states = sample.generate(model, tokens, dcfg, 0.0, key=key)
+        states = sample.generate(model, tokens, dcfg, sample.TEXT_GUIDANCE, key=key)  # the CLI's guidance
     else:  # unconditional, with the captions it prints
         states = sample.unconditional(model, sample.draw_caption_lengths(tokenizer, 4, key=length_key), dcfg, 0.0,
                                       key=key)

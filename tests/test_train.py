@@ -44,7 +44,7 @@ def worker(out, devices, processes, process, port, vq_path, tars):
         folder = Path(out).with_suffix("") / f"host{h}"
         shards.tokenise(tars, vq_path, folder, shards.ShardsConfig(text_tokens=10), process=h, processes=HOSTS)
         tokenizer, *corpus = shards.open_shards(folder, vq_path, h, HOSTS)
-        assert sorted(p.name for p in folder.glob("*.npy")) == [f"images-{i:05d}.npy" for i in (h, h + 2)]
+        assert sorted(p.name for p in folder.glob("images-*.npy")) == [f"images-{i:05d}.npy" for i in (h, h + 2)]
         corpora.append(corpus)
     # 10 text tokens: every shapes caption fits, the 8-word ones end in PAD, which must not count
     cfg = upgen.UPGenConfig(image_codes=16, image_tokens=16, text_vocab=tokenizer.vocab_size, text_tokens=10,
@@ -219,7 +219,8 @@ def test_a_folder_of_user_pictures_never_gets_the_shapes_tokenizer(tmp_path, tin
     write_pairs(tmp_path / "pairs", 12)
     trained_on = []
 
-    def train_vqgan(path, tcfg, images):  # stands in for minutes of training: a tiny tokenizer of the right kind
+    def train_vqgan(path, cfg, tcfg, images):  # stands in for minutes of training: a tiny tokenizer of the right kind
+        assert cfg.codebook_size == shards.USER_CODES
         trained_on.append(images)
         shutil.copyfile(tiny_vqgan, path)
         return vqgan.load_vqgan(path)
