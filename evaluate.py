@@ -189,6 +189,16 @@ def held_out_eval(model, tokenizer, vq, rows, dcfg, *, key, batch=32):
             back, "seconds": time.perf_counter() - start}
 
 
+def draw_captions(model, vq, tokenizer, rows, n, path, *, key):
+    """Draws n different captions of rows (k, Ni + Nt), spread over them, into one PNG at path -> the captions."""
+    captions = list(dict.fromkeys(tokenizer.decode(row[model.cfg.image_tokens:]) for row in rows))  # distinct
+    prompts = [captions[i] for i in np.unique(np.linspace(0, len(captions) - 1, n).astype(int))]
+    tokens = sample.inputs(model.cfg, len(prompts), text=np.stack([tokenizer.encode(p) for p in prompts]))
+    states = sample.generate(model, tokens, sample.DecodeConfig(), sample.TEXT_GUIDANCE, key=key)  # (T, n, L)
+    sample.save_grid(sample.pictures(vq, states[-1], model.cfg)[None], path)
+    return prompts
+
+
 def held_out_line(f):
     return (f"held-out pairs ({f['pairs']}): image->text {f['image->text exact']:.1%} exactly right, "
             f"{f['image->text words']:.1%} of words; text->image {f['text->image captioned back']:.1%} captioned "

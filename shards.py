@@ -209,21 +209,27 @@ def save_manifest(path, manifest):
     data.write_atomically(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
 
 
+def check_manifest(manifest, folder, source, text, vq_hash, vq_path, cfg: ShardsConfig):
+    """A one-line error when the shards already in folder were made from other data or with other settings."""
+    if (manifest["source"], manifest["text"]) != (source, text):
+        raise ValueError(f"{folder} holds the shards of {manifest['source']!r} (text {manifest['text']!r}), not "
+                         f"{source!r} (text {text!r}): give another folder or delete it")
+    if manifest["vqgan_sha256"] != vq_hash:
+        raise ValueError(f"{folder} was tokenised with another VQGAN than {vq_path}: give another folder or delete it")
+    if manifest["text_tokens"] != cfg.text_tokens:
+        raise ValueError(f"{folder} holds {manifest['text_tokens']} text tokens per example, not {cfg.text_tokens}")
+    if manifest.get("held_out", 0) != cfg.held_out:
+        raise ValueError(f"{folder} holds out another share of the pairs: give another folder or delete it")
+
+
 def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0, processes=1, log=print):
     """Writes this process's token shards of source (and text) into folder, keeping those a previous run of the same
     source and VQGAN finished -> the process's manifest."""
     folder, vq_hash = Path(folder), file_hash(vq_path)
     path = manifest_path(folder, process, processes)
     manifest = json.loads(path.read_text()) if path.exists() else None
-    if manifest and (manifest["source"], manifest["text"]) != (source, text):
-        raise ValueError(f"{folder} holds the shards of {manifest['source']!r} (text {manifest['text']!r}), not "
-                         f"{source!r} (text {text!r}): give another folder or delete it")
-    if manifest and manifest["vqgan_sha256"] != vq_hash:
-        raise ValueError(f"{folder} was tokenised with another VQGAN than {vq_path}: give another folder or delete it")
-    if manifest and manifest["text_tokens"] != cfg.text_tokens:
-        raise ValueError(f"{folder} holds {manifest['text_tokens']} text tokens per example, not {cfg.text_tokens}")
-    if manifest and manifest.get("held_out", 0) != cfg.held_out:
-        raise ValueError(f"{folder} holds out another share of the pairs: give another folder or delete it")
+    if manifest:
+        check_manifest(manifest, folder, source, text, vq_hash, vq_path, cfg)
     if manifest and manifest["complete"]:
         log(f"token shards: {folder}, complete")
         return manifest
@@ -269,7 +275,8 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
     save_manifest(path, manifest)
     skipped = [s for shard in manifest["shards"] for s in shard["skipped"]]
     log(f"{sum(s['examples'] for s in manifest['shards'])} pictures in {len(manifest['shards'])} shard(s), "
-        f"{sum(s.get('held_out', 0) for s in manifest['shards'])} held out; skipped {len(skipped)} (listed in {path})" + "".join(f"; {s}" for s in skipped[:3]))
+        f"{sum(s.get('held_out', 0) for s in manifest['shards'])} held out; skipped {len(skipped)} (listed in "
+        f"{path})" + "".join(f"; {s}" for s in skipped[:3]))
     return manifest
 
 

@@ -5,10 +5,9 @@
     python train.py --resume              # continue the last run in --out exactly where it stopped
     python train.py --tpu ...             # on every host of a TPU pod slice
 
-The step and the loop; the data (image tokenizer, token shards, each step's batch) is shards.py. One jitted step
-holds loss, gradient, clipping and AdamW; every device gets a slice of the batch on a 'data' mesh axis, parameters
-and optimizer state are replicated. The learning rate follows the run's progress in [0, 1]: steps done of --steps or
-the share of the time budget spent, whichever is further on. Speed: bench.py. Read next: sample.py, probe.py.
+The step and the loop; the data is shards.py. One jitted step holds loss, gradient, clipping and AdamW; each device
+gets a slice of the batch on a 'data' mesh axis, parameters and optimizer state are replicated. The learning rate
+follows progress in [0, 1]: steps done of --steps or the share of the time budget spent. Read next: evaluate.py.
 """
 import argparse
 import dataclasses
@@ -36,8 +35,7 @@ import upgen
 
 DEFAULT_MINUTES = 10.0  # the whole run's wall-clock budget when no step count is given
 FINISH_SECONDS = 20  # what a budgeted run keeps for after training (upgen.eqx, samples.png): its schedule ends there
-HELD_OUT_SECONDS = 40  # ... and a run on your pictures for the figures of its held-out pairs (~100 of them)
-HELD_OUT_PAIRS = 100  # held-out pairs a run on your pictures reports on at its end (evaluate.py reads more)
+HELD_OUT_PAIRS, HELD_OUT_SECONDS = 100, 40  # a run on your pictures reports on this many held-out pairs at its end
 
 
 @dataclass(frozen=True)
@@ -176,12 +174,11 @@ class Saved(NamedTuple):
 
 
 def load_state(path: Path) -> Saved:
-    def skeleton(header):
-        mcfg, tcfg = upgen.UPGenConfig(**header["upgen"]), TrainConfig(**data.fields_of(TrainConfig, header["train"]))
-        return eqx.filter_eval_shape(init_state, mcfg, make_optimizer(tcfg), key=jax.random.key(0))
-    header, (model, opt_state) = data.load_checkpoint(path, skeleton)
-    mcfg, tcfg = upgen.UPGenConfig(**header["upgen"]), TrainConfig(**data.fields_of(TrainConfig, header["train"]))
-    return Saved(header["step"], model, opt_state, mcfg, tcfg, data.tokenizer_from_header(header["tokenizer"]),
+    def configs(header):
+        return upgen.UPGenConfig(**header["upgen"]), TrainConfig(**data.fields_of(TrainConfig, header["train"]))
+    header, (model, opt_state) = data.load_checkpoint(path, lambda h: eqx.filter_eval_shape(
+        init_state, configs(h)[0], make_optimizer(configs(h)[1]), key=jax.random.key(0)))
+    return Saved(header["step"], model, opt_state, *configs(header), data.tokenizer_from_header(header["tokenizer"]),
                  header.get("progress", 0.0))
 
 
@@ -201,8 +198,8 @@ class Budget:
         """The schedule's progress on the clock, process 0's on every host (call it on every host)."""
         if self.end is None:
             return 0.0
-        own = (time.perf_counter() - self.start) / (self.end - self.start) if self.end > self.start else 1.0
-        share = np.array(min(1.0, self.before + (1 - self.before) * own))
+        spent = min(1.0, (time.perf_counter() - self.start) / max(self.end - self.start, 1e-9))
+        share = np.array(self.before + (1 - self.before) * spent)
         return float(multihost_utils.broadcast_one_to_all(share) if jax.process_count() > 1 else share)
 
 
@@ -224,18 +221,16 @@ def open_log(out: Path, started: float, process: int):
     def log(line):
         line = f"[{time.perf_counter() - started:5.0f} s] {line}"
         tqdm.write(line)
-        file.write(line + "\n")
-        file.flush()
+        print(line, file=file, flush=True)
     return log
 
 
 def start_or_resume(tcfg: TrainConfig, run: RunConfig, out: Path, log):
     """-> (tcfg, or the saved one with tcfg.steps if given; the saved state or None; the budget's minutes or 0)."""
-    saved = None
+    saved = load_state(state_files(out)[-1]) if run.resume and state_files(out) else None
     if run.resume:
-        if not state_files(out):
+        if saved is None:
             raise ValueError(f"--resume: no state_<step>.eqx in {out}; run without --resume to start")
-        saved = load_state(state_files(out)[-1])
         tcfg = dataclasses.replace(saved.tcfg, steps=tcfg.steps or saved.tcfg.steps)
         log(f"resuming {state_files(out)[-1]} at step {saved.step}, progress {saved.progress:.3f}")
     elif state_files(out):
@@ -296,16 +291,6 @@ def train_loop(model, opt_state, step, tcfg, run, mcfg, tokenizer, corpus, budge
     return model
 
 
-def write_samples(model, vq, tokenizer, rows, n, path, *, key, log):
-    """Draws n different captions of rows (n_rows, Ni + Nt), spread over them, into one PNG."""
-    captions = list(dict.fromkeys(tokenizer.decode(row[model.cfg.image_tokens:]) for row in rows))  # distinct
-    prompts = [captions[i] for i in np.unique(np.linspace(0, len(captions) - 1, n).astype(int))]
-    tokens = sample.inputs(model.cfg, len(prompts), text=np.stack([tokenizer.encode(p) for p in prompts]))
-    states = sample.generate(model, tokens, sample.DecodeConfig(), sample.TEXT_GUIDANCE, key=key)  # (T, n, L)
-    sample.save_grid(sample.pictures(vq, states[-1], model.cfg)[None], path)
-    log(f"{path.name} shows, left to right: " + "; ".join(prompts))
-
-
 def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
     """The whole run: its image tokenizer and token shards (shards.py), the model, the loop, upgen.eqx and samples.
     settings: the model's shape and objective; the tokenizers set its sizes (shards.model_config)."""
@@ -342,8 +327,9 @@ def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
             log(evaluate.held_out_line(evaluate.held_out_eval(model, tokenizer, vq, held_out, sample.DecodeConfig(),
                                                               key=key)))
         if run.samples:  # text -> image of a few captions no step trained on: a quick look at what it learnt
-            write_samples(model, vq, tokenizer, held_out if len(held_out) else images[0], run.samples,
-                          out / "samples.png", key=key, log=log)
+            prompts = evaluate.draw_captions(model, vq, tokenizer, held_out if len(held_out) else images[0],
+                                             run.samples, out / "samples.png", key=key)
+            log("samples.png shows, left to right: " + "; ".join(prompts))
     return model
 
 
