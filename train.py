@@ -4,14 +4,20 @@
     python train.py --images DIR --out runs/mine   # your image-caption pairs (a.jpg + a.txt)
     python train.py --resume              # continue the last run in --out exactly where it stopped
     python train.py --tpu ...             # on every host of a TPU pod slice
+    srun python train.py --distributed ...   # on every host of any other cluster (SLURM, Open MPI, --coordinator)
 
 The step and the loop; the data is shards.py. One jitted step holds loss, gradient, clipping and AdamW; each device
 gets a slice of the batch on a 'data' mesh axis, parameters and optimizer state are replicated. The learning rate
 follows progress in [0, 1]: steps done of --steps or the share of the time budget spent. Read next: evaluate.py.
 """
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import math
+import os
+import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -75,13 +81,23 @@ class RunConfig:
     save_every: int = 500             # steps between state files
     log_every: int = 50               # steps between log lines; a budgeted run's hosts share the clock only then
     samples: int = 8                  # pictures drawn at the end from held-out captions, spread over the data
-    tpu: bool = False                 # multi-host TPU: jax.distributed.initialize() first
+    tpu: bool = False                 # multi-host TPU: jax.distributed.initialize() first, then require TPUs
+    distributed: bool = False         # any multi-host run: jax.distributed.initialize() finds a TPU pod, SLURM or
+    #                                   Open MPI by itself, or takes the three fields below from any other launcher
+    coordinator: str = ""             # HOST:PORT of process 0 ("" = found by JAX)
+    processes: int = 0                # processes in the run (with coordinator)
+    process_id: int = 0               # this process's index in [0, processes) (with coordinator)
 
     def __post_init__(self):
+        explicit = bool(self.coordinator)
         data.check(self, [("minutes", self.minutes is None or self.minutes >= 0, "must be positive, or 0 for none"),
                           ("stop_after", self.stop_after >= 0, "must be at least 0 (0 runs to the end)")] + [
             (name, getattr(self, name) >= 1, "must be at least 1") for name in ("save_every", "log_every")] + [
-            (name, getattr(self, name) >= 0, "must be at least 0") for name in ("keep", "samples")])
+            (name, getattr(self, name) >= 0, "must be at least 0") for name in ("keep", "samples")] + [
+            ("coordinator", not explicit or self.distributed, "needs --distributed"),
+            ("processes", not explicit or self.processes >= 1, "must be at least 1 with --coordinator"),
+            ("process_id", not explicit or 0 <= self.process_id < self.processes,
+             f"must be in [0, --processes {self.processes})")])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,12 +143,13 @@ def learning_rate(step: int, progress: float, tcfg: TrainConfig) -> float:
 @eqx.filter_jit(donate="all")
 def train_step(model, opt_state, tokens, kinds, lr, key, optimizer, mesh):
     """One step: tokens (B, L) and kinds (B,) sharded on 'data', lr a float32 scalar -> updated model and
-    state, loss, metrics."""
+    state, loss, metrics (accuracies and the gradient's norm before clipping)."""
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     model, opt_state = eqx.filter_shard((model, opt_state), replicated)
     tokens, kinds = eqx.filter_shard((tokens, kinds), sharded)
     grad_fn = eqx.filter_value_and_grad(upgen.loss_fn, has_aux=True)
     (loss, metrics), grads = grad_fn(model, tokens, kinds, key=key)  # XLA inserts the gradient all-reduce
+    metrics = {**metrics, "grad_norm": optax.global_norm(grads)}  # finite loss and gradients: the weights are too
     updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
     model = eqx.apply_updates(model, jax.tree.map(lambda u: -lr * u, updates))
     model, opt_state = eqx.filter_shard((model, opt_state), replicated)
@@ -183,6 +200,60 @@ def load_state(path: Path) -> Saved:
 
 
 # ---------------------------------------------------------------------------------------------------
+# A run on a shared cluster: one run per folder, and a signal stops it at a step every host agrees on
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """Holds an OS lock on out/train.lock while the run lives (process 0's, which saves; the OS drops it when the
+    process dies, so a killed run never blocks the next one); a second run into out is refused on every host."""
+    path, held = out / "train.lock", None
+    if jax.process_index() == 0:
+        held = open(path, "a+")
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.truncate(0)
+            held.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            held.flush()
+        except BlockingIOError:
+            held = held.close()
+    free = np.array(held is not None)
+    if jax.process_count() > 1:
+        free = multihost_utils.broadcast_one_to_all(free)
+    if not free:
+        raise ValueError(f"{out} is in use by another run ({path.read_text().strip() or 'train.py'}): wait for it to "
+                         "end, or give another --out")
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.close()
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGTERM (a preemption notice) and SIGINT stop the run at the next step instead of killing it -> stopping(step),
+    the name of the signal once every host is to stop at this step, else "".
+
+    One process keeps its own flag. Several rely on JAX's preemption service, which catches SIGTERM on any host and
+    names the step at which all of them stop (SIGINT is passed on to it as SIGTERM)."""
+    received, caught = [], (signal.SIGTERM, signal.SIGINT)
+    before = {sig: signal.getsignal(sig) for sig in caught}
+    if jax.process_count() > 1:
+        signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+        stopping = lambda step: "SIGTERM" if multihost_utils.reached_preemption_sync_point(step) else ""  # noqa: E731
+    else:
+        for sig in caught:
+            signal.signal(sig, lambda number, frame: received.append(signal.Signals(number).name))
+        stopping = lambda step: received[0] if received else ""  # noqa: E731
+    try:
+        yield stopping
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------------------------------
 # The schedule: progress in [0, 1], from the step count and the clock
 
 
@@ -226,13 +297,16 @@ def open_log(out: Path, started: float, process: int):
 
 
 def start_or_resume(tcfg: TrainConfig, run: RunConfig, out: Path, log):
-    """-> (tcfg, or the saved one with tcfg.steps if given; the saved state or None; the budget's minutes or 0)."""
+    """-> (tcfg; the saved state or None; the budget's minutes or 0). main() has set a resumed run's configs."""
     saved = load_state(state_files(out)[-1]) if run.resume and state_files(out) else None
     if run.resume:
         if saved is None:
             raise ValueError(f"--resume: no state_<step>.eqx in {out}; run without --resume to start")
-        tcfg = dataclasses.replace(saved.tcfg, steps=tcfg.steps or saved.tcfg.steps)
-        log(f"resuming {state_files(out)[-1]} at step {saved.step}, progress {saved.progress:.3f}")
+        header = data.read_header(state_files(out)[-1])
+        before, now = {**header["train"], **header["run"]}, {**dataclasses.asdict(tcfg), **dataclasses.asdict(run)}
+        changed = [f"--{k.replace('_', '-')} {before[k]} -> {now[k]}" for k in sorted(MAY_CHANGE) if before[k] != now[k]]
+        log(f"resuming {state_files(out)[-1]} at step {saved.step}, progress {saved.progress:.3f}"
+            + (f"; changed: {', '.join(changed)}" if changed else ""))
     elif state_files(out):
         raise ValueError(f"{out} holds {state_files(out)[-1].name} of an earlier run: --resume continues it, "
                          f"or give another --out")
@@ -247,10 +321,17 @@ def start_or_resume(tcfg: TrainConfig, run: RunConfig, out: Path, log):
     return tcfg, saved, minutes
 
 
-def log_metrics(pending, step, lr, done, batch_tokens, seconds, bar, log):
-    """One log line: mean loss and accuracies of the steps since the last line, and their tokens/s."""
+def log_metrics(pending, step, lr, done, batch_tokens, seconds, bar, log, out: Path):
+    """One log line: mean loss, accuracies and gradient norm of the steps since the last line, and their tokens/s.
+    A loss or gradient that is not finite stops the run before anything is saved from its weights."""
     losses, metrics = zip(*jax.device_get(pending))
     line = {"loss": np.mean(losses), **{k: np.mean([m[k] for m in metrics]) for k in metrics[0]}}
+    if not (np.isfinite(line["loss"]) and np.isfinite(line["grad_norm"])):
+        newest = state_files(out)[-1].name if state_files(out) else None
+        raise ValueError(f"training diverged by step {step} (loss {line['loss']:.4g}, gradient norm "
+                         f"{line['grad_norm']:.4g}); nothing saved from these weights. " + (
+                             f"Newest good state: {newest}; --resume --lr SMALLER continues from it" if newest else
+                             "No state was saved before it: start again with a smaller --lr"))
     if seconds is not None:  # the first interval holds the compilation, so it gives no speed
         line["tok/s"] = len(pending) * batch_tokens / seconds
     bar.set_postfix({k: f"{v:.3g}" for k, v in line.items()})
@@ -258,7 +339,8 @@ def log_metrics(pending, step, lr, done, batch_tokens, seconds, bar, log):
 
 
 def train_loop(model, opt_state, step, tcfg, run, mcfg, tokenizer, corpus, budget, log):
-    """Steps until the schedule's progress reaches 1, or run.stop_after steps; logs and saves on the way -> model."""
+    """Steps until the schedule's progress reaches 1, run.stop_after steps, or a stop signal; logs and saves on the
+    way (every save checks the loss first) -> model. A signal saves the step reached and exits."""
     out, process, mesh, optimizer = Path(run.out), jax.process_index(), make_mesh(), make_optimizer(tcfg)
     counts = shards.kind_counts(tcfg.batch // jax.process_count(), tcfg.mix)
     train_key = jax.random.split(jax.random.key(tcfg.seed))[1]
@@ -267,25 +349,33 @@ def train_loop(model, opt_state, step, tcfg, run, mcfg, tokenizer, corpus, budge
     # and stop at the same step without talking every step; the lr lags the clock by at most log_every steps.
     clock = budget.share()
     bar = tqdm(initial=step, total=tcfg.steps or None, disable=process != 0, desc="train")
-    pending, since = [], None
-    while progress(step, tcfg, clock) < 1 and step < stop:
-        tokens, kinds = global_batch(mesh, *shards.local_batch(corpus, step, counts, mcfg, seed=tcfg.seed,
-                                                               process=process))
-        lr = learning_rate(step, progress(step, tcfg, clock), tcfg)
-        model, opt_state, loss, metrics = train_step(model, opt_state, tokens, kinds, jnp.float32(lr),
-                                                     jax.random.fold_in(train_key, step), optimizer, mesh)
-        pending.append((loss, metrics))
-        step += 1
-        bar.update()
-        if step % run.log_every == 0 or progress(step, tcfg, clock) >= 1 or step == stop:
-            clock = budget.share()
-            seconds = None if since is None else time.perf_counter() - since
-            log_metrics(pending, step, lr, progress(step, tcfg, clock), tcfg.batch * mcfg.seq_len, seconds, bar, log)
-            pending, since = [], time.perf_counter()
-        done = progress(step, tcfg, clock)
-        if (step % run.save_every == 0 or done >= 1 or step == stop) and run.keep > 0 and process == 0:
-            save_state(out, step, done, model, opt_state, mcfg, tcfg, run, tokenizer)
+    pending, since, signalled = [], None, ""
+    with stop_signals() as stopping:
+        while progress(step, tcfg, clock) < 1 and step < stop and not signalled:
+            tokens, kinds = global_batch(mesh, *shards.local_batch(corpus, step, counts, mcfg, seed=tcfg.seed,
+                                                                   process=process))
+            lr = learning_rate(step, progress(step, tcfg, clock), tcfg)
+            model, opt_state, loss, metrics = train_step(model, opt_state, tokens, kinds, jnp.float32(lr),
+                                                         jax.random.fold_in(train_key, step), optimizer, mesh)
+            pending.append((loss, metrics))
+            step += 1
+            bar.update()
+            signalled = stopping(step)
+            save = step % run.save_every == 0 or step == stop or signalled
+            if step % run.log_every == 0 or save or progress(step, tcfg, clock) >= 1:
+                clock = budget.share()
+                seconds = None if since is None else time.perf_counter() - since
+                log_metrics(pending, step, lr, progress(step, tcfg, clock), tcfg.batch * mcfg.seq_len, seconds, bar,
+                            log, out)
+                pending, since = [], time.perf_counter()
+            done = progress(step, tcfg, clock)
+            if (save or done >= 1) and run.keep > 0 and process == 0:
+                save_state(out, step, done, model, opt_state, mcfg, tcfg, run, tokenizer)
     bar.close()
+    if signalled:
+        saved = f"state_{step}.eqx saved; --resume continues" if run.keep else "nothing saved (--keep 0)"
+        log(f"stopped at step {step} by {signalled}: {saved}")
+        sys.exit(128 + signal.Signals[signalled])
     why = "the time budget is spent" if clock >= 1 else "--stop-after (--resume continues)" if step == stop else "done"
     log(f"training stops at step {step}: {why}")
     return model
@@ -296,7 +386,6 @@ def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
     settings: the model's shape and objective; the tokenizers set its sizes (shards.model_config)."""
     started = time.perf_counter()
     out, process, processes = Path(run.out), jax.process_index(), jax.process_count()
-    out.mkdir(parents=True, exist_ok=True)
     log = open_log(out, started, process)
     tcfg, saved, minutes = start_or_resume(tcfg, run, out, log)
     vq, vq_path = shards.image_tokenizer(out, run.vqgan, tcfg.images, minutes, log)
@@ -338,8 +427,9 @@ def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
 
 
 def parse(argv):
-    """-> (TrainConfig, RunConfig, the model settings: an UPGenConfig whose sizes the tokenizers replace)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """-> (every flag's value by config field name, the names of the flags given on the command line)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     d, r, m = TrainConfig(), RunConfig(), upgen.UPGenConfig(image_codes=1, text_vocab=1)
     g = p.add_argument_group("data")
     data.flag(g, d, "images", "image-caption pairs: folder of a.jpg + a.txt, .tar(s), globs, brace patterns")
@@ -367,31 +457,77 @@ def parse(argv):
     data.flag(g, r, "out", "run folder: vqgan.eqx, shards/, shapes/, state_<step>.eqx, upgen.eqx, train.log")
     data.flag(g, r, "minutes", f"wall-clock budget of the whole run (default {DEFAULT_MINUTES:g} without --steps, "
                                "else none): the learning rate decays to its end, the run stops there", type=float)
-    data.flag(g, r, "resume", "continue from the newest state_<step>.eqx in --out (its saved config); on a pod, "
-                              "--out must be a folder every host sees")
+    data.flag(g, r, "resume", "continue from the newest state_<step>.eqx in --out with its saved settings; it may "
+                              "change --steps, --keep, --save-every, --log-every, --samples, --lr, --warmup, "
+                              "--weight-decay, --clip (and --minutes, --stop-after, the cluster flags), no other; on a "
+                              "pod, --out must be a folder every host sees")
     data.flag(g, r, "stop_after", "stop after this many steps of this invocation (split a run into jobs; 0 = never)")
     data.flag(g, r, "keep", "state_<step>.eqx files to keep (0 = none, only upgen.eqx at the end)")
     data.flag(g, r, "save_every", "steps between state checkpoints")
     data.flag(g, r, "log_every", "steps between log lines")
     data.flag(g, r, "samples", "pictures drawn at the end from held-out captions, spread over the data (0 = none)")
-    data.flag(g, r, "tpu", "multi-host TPU: jax.distributed.initialize() first; run on every host")
+    g = p.add_argument_group("clusters")
+    data.flag(g, r, "tpu", "a TPU pod: jax.distributed.initialize() first, then require TPUs; run on every host")
+    data.flag(g, r, "distributed", "join a multi-host run: a TPU pod, SLURM and Open MPI are found by JAX; for any "
+                                   "other launcher give the three flags below; run on every host")
+    data.flag(g, r, "coordinator", "HOST:PORT of process 0, with --distributed")
+    data.flag(g, r, "processes", "processes in the run, with --coordinator")
+    data.flag(g, r, "process_id", "this process's index in [0, --processes), with --coordinator")
     args = p.parse_args(argv)
-    model = {**data.fields_of(upgen.UPGenConfig, args), **(upgen.PAPER_OBJECTIVE if args.paper_objective else {})}
-    return (TrainConfig(**data.fields_of(TrainConfig, args)), RunConfig(**data.fields_of(RunConfig, args)),
-            dataclasses.replace(m, **model))
+    given = {k for k, v in vars(p.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args))))).items()
+             if v is not None}  # argparse leaves a flag's default unset when the namespace holds it already
+    values = {**vars(args), **(upgen.PAPER_OBJECTIVE if args.paper_objective else {})}
+    return values, given | (set(upgen.PAPER_OBJECTIVE) if args.paper_objective else set())
+
+
+# --resume continues the saved run. It takes these flags of its own command line, given or not (how this invocation
+# runs), and these when given, applied and logged (how long the run is, what it logs and keeps, the optimizer's
+# knobs: a diverged run resumes from its last good state with a smaller --lr). Any other flag given (the model, the
+# objective, the data, the batch, the seed) must equal the saved run's.
+INVOCATION = {"out", "resume", "minutes", "stop_after", "tpu", "distributed", "coordinator", "processes",
+              "process_id"}
+MAY_CHANGE = {"steps", "keep", "save_every", "log_every", "samples", "lr", "warmup", "weight_decay", "clip"}
+
+
+def resumed(values: dict, given: set, header: dict) -> dict:
+    """The flags' values for --resume: the saved run's (its state file's header), with this command line's INVOCATION
+    flags and the MAY_CHANGE flags it gives. A one-line error names every other given flag that differs."""
+    saved = {**header["upgen"], **header["train"], **header["run"]}
+    text = lambda v: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)  # noqa: E731
+    clash = [f"--{k.replace('_', '-')} {text(values[k])} (saved: {text(saved[k])})" for k in sorted(given)
+             if k in saved and k not in INVOCATION | MAY_CHANGE and text(values[k]) != text(saved[k])]
+    if clash:
+        raise ValueError(f"--resume continues the saved run's model, objective and data, but {', '.join(clash)}: "
+                         "drop these flags, or start a new run with another --out")
+    return {**values, **saved, **{k: values[k] for k in INVOCATION | (given & MAY_CHANGE)}}
+
+
+def join_cluster(run: RunConfig):
+    """--tpu or --distributed: jax.distributed.initialize(), before anything else touches JAX."""
+    flag = "--tpu" if run.tpu else "--distributed"
+    explicit = dict(coordinator_address=run.coordinator, num_processes=run.processes, process_id=run.process_id)
+    try:
+        jax.distributed.initialize(**(explicit if run.coordinator else {}))
+    except (ValueError, RuntimeError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{flag}: could not join a multi-host run ({why}); give --coordinator HOST:PORT "
+                         "--processes N --process-id I, or run without it") from None
+    if run.tpu and jax.default_backend() != "tpu":
+        raise ValueError(f"--tpu: JAX sees no TPU (backend {jax.default_backend()}); run without --tpu")
 
 
 def main(argv=None):
     try:
-        tcfg, run, settings = parse(argv)
-        if run.tpu:
-            try:
-                jax.distributed.initialize()
-            except (ValueError, RuntimeError) as e:
-                raise ValueError(f"--tpu: no TPU pod found here ({e}); run without --tpu") from None
-            if jax.default_backend() != "tpu":
-                raise ValueError(f"--tpu: JAX sees no TPU (backend {jax.default_backend()}); run without --tpu")
-        return train(tcfg, run, settings)
+        values, given = parse(argv)
+        if values["resume"] and state_files(Path(values["out"])):
+            values = resumed(values, given, data.read_header(state_files(Path(values["out"]))[-1]))
+        tcfg, run = TrainConfig(**data.fields_of(TrainConfig, values)), RunConfig(**data.fields_of(RunConfig, values))
+        settings = upgen.UPGenConfig(**{"image_codes": 1, "text_vocab": 1, **data.fields_of(upgen.UPGenConfig, values)})
+        if run.tpu or run.distributed:
+            join_cluster(run)
+        Path(run.out).mkdir(parents=True, exist_ok=True)
+        with run_lock(Path(run.out)):
+            return train(tcfg, run, settings)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 
