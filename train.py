@@ -149,7 +149,7 @@ def train_step(model, opt_state, tokens, kinds, lr, key, optimizer, mesh):
     tokens, kinds = eqx.filter_shard((tokens, kinds), sharded)
     grad_fn = eqx.filter_value_and_grad(upgen.loss_fn, has_aux=True)
     (loss, metrics), grads = grad_fn(model, tokens, kinds, key=key)  # XLA inserts the gradient all-reduce
-    metrics = {**metrics, "grad_norm": optax.global_norm(grads)}  # finite loss and gradients: the weights are too
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}  # finite loss and gradients: the weights are too
     updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
     model = eqx.apply_updates(model, jax.tree.map(lambda u: -lr * u, updates))
     model, opt_state = eqx.filter_shard((model, opt_state), replicated)

@@ -5,10 +5,13 @@ Device counts are fixed when JAX starts, so the sharding checks run small worker
 script) in subprocesses with XLA_FLAGS faking CPU devices.
 """
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,12 +122,13 @@ def test_two_hosts_reading_only_their_own_shards_train_exactly_like_one_host(tmp
 # The real command line, in process, on tiny data
 
 
-def start_train(out, vq, *flags):
-    """`python train.py` on a tiny model in a subprocess (compiled at XLA's quickest optimisation level)."""
+def start_train(out, vq, *flags, output=subprocess.PIPE):
+    """`python train.py` on a tiny model in a subprocess (compiled at XLA's quickest optimisation level); a run that
+    is not waited for writes its output to a file (output), lest a full pipe block it."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
     command = [sys.executable, str(ROOT / "train.py"), "--out", str(out), *(["--vqgan", vq] if vq else []),
                "--batch", "8", "--log-every", "5", "--samples", "0", *TINY_MODEL, *flags]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
 
 
 def finish_train(*procs):
@@ -142,15 +146,112 @@ def test_resume_continues_exactly(tmp_path, tiny_vqgan):
     assert [p.name for p in train.state_files(tmp_path / "split")] == ["state_10.eqx"]
     with pytest.raises(SystemExit, match="holds state_10.eqx of an earlier run: --resume continues it"):
         train.main(["--out", str(tmp_path / "split")])  # a fresh run there would prune the old run's states
-    finish_train(start_train(tmp_path / "split", tiny_vqgan, "--resume"))
+    with pytest.raises(SystemExit, match=r"^error: --resume continues the saved run's model, objective and data, but "
+                                         r"--heads 4 \(saved: 2\), --width 48 \(saved: 32\): drop these flags"):
+        train.main(["--out", str(tmp_path / "split"), "--resume", "--width", "48", "--heads", "4", "--depth", "1"])
+    finish_train(start_train(tmp_path / "split", tiny_vqgan, "--resume", "--log-every", "3"))
     log = (tmp_path / "split" / "train.log").read_text()  # tokenised once, into shards the resumed run reads
     assert log.count("tokenising 1 of 1 input files") == 1 and "token shards: " in log
+    assert "at step 10, progress 0.500; changed: --log-every 5 -> 3" in log and "step 12 lr" in log
     straight = train.load_state(tmp_path / "straight" / "state_20.eqx")
     split = train.load_state(tmp_path / "split" / "state_20.eqx")
     assert straight[0] == split[0] == 20
     for x, y in zip(jax.tree.leaves(straight[1:3]), jax.tree.leaves(split[1:3]), strict=True):
         np.testing.assert_array_equal(x, y)
     assert (tmp_path / "split" / "upgen.eqx").exists()
+
+
+def wait_for(path, text, proc):
+    """Polls a run's log until it holds text (the run is in its loop) while the run lives."""
+    while proc.poll() is None and text not in (path.read_text() if path.exists() else ""):
+        time.sleep(0.05)
+    assert proc.poll() is None, path.read_text()[-3000:] if path.exists() else "no log"
+
+
+def test_a_preempted_run_saves_its_step_refuses_a_second_run_and_resumes_to_the_same_model(tmp_path, tiny_vqgan):
+    import train
+    flags = ("--shapes", "32", "--steps", "100000", "--log-every", "1")  # far longer than the test: only a signal ends it
+    run = start_train(tmp_path / "run", tiny_vqgan, *flags, output=open(tmp_path / "run.out", "wb"))
+    wait_for(tmp_path / "run" / "train.log", "step 2 lr", run)
+    second = start_train(tmp_path / "run", tiny_vqgan, *flags)
+    assert second.wait(timeout=120) == 1
+    assert f"error: {tmp_path / 'run'} is in use by another run (pid {run.pid} on " in second.communicate()[0].decode()
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 128 + signal.SIGTERM
+    step = train.state_files(tmp_path / "run")[-1].stem.split("_")[1]
+    assert f"stopped at step {step} by SIGTERM: state_{step}.eqx saved; --resume continues" in (
+        tmp_path / "run" / "train.log").read_text()
+    # Nothing lost: 20 more steps after the resume give the model of a run that was never stopped.
+    finish_train(start_train(tmp_path / "straight", tiny_vqgan, *flags, "--stop-after", str(int(step) + 20)),
+                 start_train(tmp_path / "run", tiny_vqgan, "--resume", "--stop-after", "20"))
+    assert (tmp_path / "run" / "upgen.eqx").read_bytes() == (tmp_path / "straight" / "upgen.eqx").read_bytes()
+
+
+def test_a_killed_run_leaves_its_folder_free(tmp_path):
+    import train
+    hold = "import sys, time, pathlib, train; lock = train.run_lock(pathlib.Path(sys.argv[1])); lock.__enter__()"
+    holder = subprocess.Popen([sys.executable, "-c", hold + "; print('held', flush=True); time.sleep(600)", str(tmp_path)],
+                              cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert holder.stdout.readline() == b"held\n"
+    with pytest.raises(ValueError, match=f"is in use by another run \\(pid {holder.pid} on "):
+        with train.run_lock(tmp_path):
+            pass
+    holder.kill()
+    holder.wait()
+    with train.run_lock(tmp_path):  # the OS released the lock with the process: no stale lock to clear by hand
+        pass
+
+
+def test_a_diverged_run_stops_with_one_line_and_saves_nothing_from_its_weights(tmp_path, tiny_vqgan):
+    import jax
+    import train
+    run = start_train(tmp_path / "run", tiny_vqgan, "--shapes", "32", "--steps", "200", "--lr", "1e3", "--warmup", "1",
+                      "--save-every", "1", "--log-every", "1")
+    lines = run.communicate(timeout=300)[0].decode().strip().splitlines()
+    assert run.returncode == 1
+    match = re.fullmatch(r"error: training diverged by step (\d+) \(loss nan, gradient norm nan\); nothing saved "
+                         r"from these weights\. Newest good state: state_(\d+)\.eqx; --resume --lr SMALLER continues "
+                         r"from it", lines[-1])
+    assert match and int(match[2]) == int(match[1]) - 1, lines[-1]
+    assert not (tmp_path / "run" / "upgen.eqx").exists()
+    for path in train.state_files(tmp_path / "run"):
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(train.load_state(path).model))
+
+
+def test_two_processes_joined_by_the_command_line_train_like_one(tmp_path, tiny_vqgan_16, shapes_tars):
+    import jax
+    import jax.numpy as jnp
+    import shards
+    import train
+    import upgen
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    source = ",".join(map(str, shapes_tars))
+    flags = ("--images", source, "--steps", "3", "--text-tokens", "10", "--distributed", "--coordinator",
+             f"localhost:{port}", "--processes", "2")
+    finish_train(*(start_train(tmp_path / "run", tiny_vqgan_16, *flags, "--process-id", str(i)) for i in (0, 1)))
+    assert "1 devices" not in (tmp_path / "run" / "train.log").read_text()
+    # One process computing the same steps from the same global batches: host 0's rows, then host 1's.
+    saved = train.load_state(tmp_path / "run" / "state_3.eqx")
+    tcfg, mcfg, optimizer, mesh = saved.tcfg, saved.mcfg, train.make_optimizer(saved.tcfg), train.make_mesh()
+    corpora = [shards.open_shards(tmp_path / "run" / "shards", tiny_vqgan_16, p, 2)[1:] for p in (0, 1)]
+    counts = shards.kind_counts(tcfg.batch // 2, tcfg.mix)
+    model, opt_state = train.init_state(mcfg, optimizer, key=jax.random.split(jax.random.key(tcfg.seed))[0])
+    for step in range(3):
+        rows = [shards.local_batch(c, step, counts, mcfg, seed=tcfg.seed, process=p) for p, c in enumerate(corpora)]
+        tokens, kinds = train.global_batch(mesh, *(np.concatenate(x) for x in zip(*rows)))
+        lr = jnp.float32(train.learning_rate(step, train.progress(step, tcfg, 0.0), tcfg))
+        key = jax.random.fold_in(jax.random.split(jax.random.key(tcfg.seed))[1], step)
+        model, opt_state, *_ = train.train_step(model, opt_state, tokens, kinds, lr, key, optimizer, mesh)
+    two, _ = upgen.load_upgen(tmp_path / "run" / "upgen.eqx")
+    for x, y in zip(jax.tree.leaves(eqx_arrays(two)), jax.tree.leaves(eqx_arrays(model)), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def eqx_arrays(model):
+    import equinox as eqx
+    return eqx.filter(model, eqx.is_inexact_array)
 
 
 def write_pairs(folder, n):
@@ -256,7 +357,8 @@ def test_tpu_flag_without_tpus_exits_with_one_line():
 
 
 @pytest.mark.parametrize("flag, value", [("--batch", "0"), ("--steps", "-1"), ("--lr", "0"), ("--minutes", "-1"),
-                                         ("--log-every", "0"), ("--save-every", "0"), ("--stop-after", "-1")])
+                                         ("--log-every", "0"), ("--save-every", "0"), ("--stop-after", "-1"),
+                                         ("--coordinator", "localhost:1234")])
 def test_settings_that_cannot_train_exit_with_one_line(tmp_path, flag, value, capsys):
     import train
     with pytest.raises(SystemExit) as exit:
