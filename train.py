@@ -215,8 +215,9 @@ def run_lock(out: Path):
             held.truncate(0)
             held.write(f"pid {os.getpid()} on {socket.gethostname()}")
             held.flush()
-        except BlockingIOError:
-            held = held.close()
+        except BlockingIOError:  # another process holds it
+            held.close()
+            held = None
     free = np.array(held is not None)
     if jax.process_count() > 1:
         free = multihost_utils.broadcast_one_to_all(free)
