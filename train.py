@@ -1,6 +1,6 @@
 """Train UPGen, data parallel, from a laptop CPU to a TPU pod with the same code.
 
-    python train.py                       # shapes world: image tokenizer, token shards, UPGen (~10 min, 2 cores)
+    python train.py                       # shapes world: image tokenizer, token shards, 5000 UPGen steps (~10 min)
     python train.py --images DIR --out runs/mine   # your image-caption pairs (a.jpg + a.txt)
     python train.py --resume              # continue the last run in --out exactly where it stopped
     python train.py --tpu ...             # on every host of a TPU pod slice
