@@ -3,6 +3,7 @@
     python bench.py                          # train step tokens/s and MFU: laptop config, then a larger one
     python bench.py --peak-flops 989e12      # MFU against a given peak (an H100's dense bf16)
     python bench.py --shards                 # peak memory, pictures/s and data-loading cost at 20,000 and 200,000
+    python bench.py --grid                   # the train step against the reference over depth, width, batch
     python bench.py --decode                 # sample.generate's T-step decode against T single forward passes
 
 The reference step is the same encoder written the usual way: a dict of arrays, batched (B, L, D) matmuls,
@@ -143,6 +144,25 @@ def ratio(times, k=0, to=1):
     return float(np.median(times[to] / times[k]))
 
 
+def time_steps(mcfg, n, rounds, repeats):
+    """Our train step and the reference step at batch n, alternating -> (our model, seconds per step (2, rounds))."""
+    tcfg, mesh = train.TrainConfig(batch=n, steps=1), train.make_mesh()
+    optimizer = train.make_optimizer(tcfg)
+    model_state = train.replicate(train.init_state(mcfg, optimizer, key=jax.random.key(0)), mesh)
+    tokens = np.random.default_rng(0).integers(mcfg.image_codes, size=(n, mcfg.seq_len)).astype(np.int32)
+    tokens, kinds = train.global_batch(mesh, tokens, np.zeros(n, np.int32))
+
+    def ours(state, i):
+        model, opt_state, *_ = train.train_step(*state, tokens, kinds, jnp.float32(tcfg.lr), jax.random.key(i),
+                                                optimizer, mesh)
+        return model, opt_state
+
+    *ref_state, ref = reference_step(mcfg, tcfg)
+    theirs = lambda state, i: ref(*state, tokens, jax.random.key(i))[:2]  # noqa: E731
+    (model_state, _), times = alternate([ours, theirs], [model_state, tuple(ref_state)], rounds, repeats)
+    return model_state[0], times
+
+
 def bench_train(batch, steps, peak_flops):
     """Our train step against the reference step, on the laptop config and a larger one: ms/step, tokens/s, MFU."""
     accelerator = jax.default_backend() != "cpu"
@@ -152,31 +172,36 @@ def bench_train(batch, steps, peak_flops):
           f"{'given' if peak_flops else f'measured ({dtype} matmul)'}")
     laptop = upgen.UPGenConfig(image_codes=512, text_vocab=320, compute_dtype=dtype)
     larger = upgen.VIT_L if accelerator else dataclasses.replace(laptop, width=512, depth=8, heads=8, mlp=2048)
-    mesh = train.make_mesh()
     for name, mcfg in [("laptop", laptop), ("ViT-L" if accelerator else "larger", larger)]:
-        n = batch
-        tcfg = train.TrainConfig(batch=n, steps=1)
-        optimizer = train.make_optimizer(tcfg)
-        model_state = train.replicate(train.init_state(mcfg, optimizer, key=jax.random.key(0)), mesh)
-        tokens = np.random.default_rng(0).integers(mcfg.image_codes, size=(n, mcfg.seq_len)).astype(np.int32)
-        tokens, kinds = train.global_batch(mesh, tokens, np.zeros(n, np.int32))
-
-        def ours(state, i):
-            model, opt_state, *_ = train.train_step(*state, tokens, kinds, jnp.float32(tcfg.lr), jax.random.key(i),
-                                                    optimizer, mesh)
-            return model, opt_state
-
-        *ref_state, ref = reference_step(mcfg, tcfg)
-        theirs = lambda state, i: ref(*state, tokens, jax.random.key(i))[:2]  # noqa: E731
-        (model_state, _), times = alternate([ours, theirs], [model_state, tuple(ref_state)], ROUNDS,
-                                            max(1, steps // ROUNDS))
+        model, times = time_steps(mcfg, batch, ROUNDS, max(1, steps // ROUNDS))
         step_time, ref_time = np.median(times, axis=1)
-        n_params = upgen.count_params(model_state[0])
-        tokens_per_s = n * mcfg.seq_len / step_time
+        n_params = upgen.count_params(model)
+        tokens_per_s = batch * mcfg.seq_len / step_time
         mfu = tokens_per_s * flops_per_token(mcfg, n_params) / (peak * jax.device_count())
-        print(f"{name}: {n_params / 1e6:.1f}M params, batch {n} x {mcfg.seq_len} tokens, {mcfg.compute_dtype}: "
+        print(f"{name}: {n_params / 1e6:.1f}M params, batch {batch} x {mcfg.seq_len} tokens, {mcfg.compute_dtype}: "
               f"{step_time * 1e3:.1f} ms/step, {tokens_per_s:,.0f} tokens/s, MFU {mfu:.1%}; reference step "
               f"{ref_time * 1e3:.1f} ms, ours {ratio(times):.2f}x its speed (median of {ROUNDS} rounds)")
+
+
+# (depth, width, heads, mlp, batch) of --grid, over 64 image and 8 text tokens: the laptop model up to the 26M one
+GRID = [(2, 128, 4, 512, 32), (2, 128, 4, 512, 64), (4, 128, 4, 512, 64), (2, 256, 4, 1024, 32),
+        (4, 256, 4, 1024, 32), (4, 256, 4, 1024, 64), (8, 256, 4, 1024, 32), (2, 512, 8, 2048, 32),
+        (8, 512, 8, 2048, 32)]
+
+
+def bench_grid(rounds, repeats, grid=GRID):
+    """Our step's speed over the reference's at every shape of grid, and the worst -> {shape: ratio}."""
+    ratios = {}
+    for depth, width, heads, mlp, batch in grid:
+        mcfg = upgen.UPGenConfig(image_codes=512, text_vocab=320, text_tokens=8, width=width, depth=depth,
+                                 heads=heads, mlp=mlp)
+        _, times = time_steps(mcfg, batch, rounds, repeats)
+        ratios[depth, width, heads, mlp, batch] = ratio(times)
+        print(f"depth {depth} width {width} heads {heads} mlp {mlp} batch {batch} x {mcfg.seq_len}: ours "
+              f"{np.median(times[0]) * 1e3:.1f} ms, reference {np.median(times[1]) * 1e3:.1f} ms, "
+              f"{ratio(times):.2f}x", flush=True)
+    print(f"worst: {min(ratios.values()):.2f}x (median of {rounds} alternating rounds per shape)")
+    return ratios
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,6 +285,7 @@ def main(argv=None):
     p.add_argument("--shards-one", type=int, default=0, help="what --shards runs in a subprocess: one size, in --out")
     p.add_argument("--out", default="", help="--shards-one's folder")
     p.add_argument("--vqgan", default=str(shards.SHAPES_VQGAN), help="--shards: the image tokenizer")
+    p.add_argument("--grid", action="store_true", help="the train step against the reference over bench.GRID's shapes")
     p.add_argument("--decode", action="store_true", help="time the compiled decode against single forward passes")
     p.add_argument("--ckpt", default="checkpoints/shapes", help="--decode: folder holding upgen.eqx")
     p.add_argument("--n", type=int, default=4, help="--decode: samples in the batch")
@@ -275,6 +301,8 @@ def main(argv=None):
                         raise ValueError(f"the {n:,}-picture benchmark failed")
         elif args.shards_one:
             bench_shards(args.shards_one, args.out, args.vqgan, args.steps or 50)
+        elif args.grid:
+            bench_grid(ROUNDS, max(1, (args.steps or 10) // ROUNDS))
         elif args.decode:
             bench_decode(args.ckpt, args.n, args.decode_steps)
         else:

@@ -1,6 +1,6 @@
 """Train UPGen, data parallel, from a laptop CPU to a TPU pod with the same code.
 
-    python train.py                       # shapes world: image tokenizer, token shards, UPGen (~10 min, 2 cores)
+    python train.py                       # shapes world: image tokenizer, token shards, 5000 UPGen steps (~10 min)
     python train.py --images DIR --out runs/mine   # your image-caption pairs (a.jpg + a.txt)
     python train.py --resume              # continue the last run in --out exactly where it stopped
     python train.py --tpu ...             # on every host of a TPU pod slice
@@ -39,7 +39,7 @@ import sample
 import shards
 import upgen
 
-DEFAULT_MINUTES = 10.0  # the whole run's wall-clock budget when no step count is given
+DEFAULT_MINUTES = 10.0  # a run on your pictures: the whole run's budget (its tokenizer trains in a third of it)
 FINISH_SECONDS = 20  # what a budgeted run keeps for after training (upgen.eqx, samples.png): its schedule ends there
 HELD_OUT_PAIRS, HELD_OUT_SECONDS = 100, 40  # a run on your pictures reports on this many held-out pairs at its end
 
@@ -51,7 +51,8 @@ class TrainConfig:
     text: str = ""                    # unpaired text (.txt file or folder, one document per line); "" = none
     mix: tuple = (1.0, 0.0, 0.0)      # batch shares of paired, image-only and text-only examples (the paper's
     #                                   0.7, 0.15, 0.15 when a --text corpus is given; on shapes alone they cost steps)
-    steps: int = 0                    # optimizer steps in the whole run; 0 = as many as fit in the time budget
+    steps: int = 5000                 # optimizer steps in the whole run (~10 min on a 2-core laptop, see README);
+    #                                   0 = as many as fit in --minutes
     batch: int = 32                   # global batch (all devices, all hosts)
     lr: float = 3e-3                  # peak learning rate, reached after warmup, cosine-decayed to lr/10
     warmup: int = 50                  # linear warmup steps
@@ -74,7 +75,7 @@ class RunConfig:
     out: str = "runs/shapes"          # run folder: vqgan.eqx, shards/, shapes/, state_<step>.eqx, upgen.eqx, logs
     vqgan: str = ""                   # image tokenizer copied into out if it has none ("" = shards.image_tokenizer's)
     shards: str = ""                  # token shards folder, tokenised into first when missing ("" = out/shards)
-    minutes: float | None = None      # budget of the whole run; None = DEFAULT_MINUTES without --steps, else 0 (none)
+    minutes: float | None = None      # budget of the whole run; None = DEFAULT_MINUTES with --images, else 0 (none)
     resume: bool = False              # continue from the newest state_<step>.eqx in out, with its saved TrainConfig
     stop_after: int = 0               # steps of this invocation, then save and stop (0 = run to the end)
     keep: int = 2                     # state_<step>.eqx files kept (0 = none, only upgen.eqx at the end)
@@ -311,7 +312,7 @@ def start_or_resume(tcfg: TrainConfig, run: RunConfig, out: Path, log):
     elif state_files(out):
         raise ValueError(f"{out} holds {state_files(out)[-1].name} of an earlier run: --resume continues it, "
                          f"or give another --out")
-    minutes = run.minutes if run.minutes is not None else 0 if tcfg.steps else DEFAULT_MINUTES
+    minutes = run.minutes if run.minutes is not None else DEFAULT_MINUTES if tcfg.images else 0
     if not minutes and not tcfg.steps:
         raise ValueError("--minutes 0 needs --steps N: give the run a length or a time budget")
     if tcfg.batch % jax.device_count():
@@ -449,15 +450,17 @@ def parse(argv):
                    "picture and caption, text weights 0.1 and 0.01 (overrides the two weights above)")
     data.flag(g, m, "compute_dtype", "matmul dtype (bfloat16 on accelerators)", choices=("float32", "bfloat16"))
     g = p.add_argument_group("optimization")
-    data.flag(g, d, "steps", "total optimizer steps (default: fill --minutes; with --resume, the saved run's)")
+    data.flag(g, d, "steps", "total optimizer steps, 0 = as many as fit in --minutes (with --resume: the saved "
+                             "run's)")
     for name, help in [("batch", "global batch size (all devices, all hosts)"), ("lr", "peak learning rate"),
                        ("warmup", "linear warmup steps"), ("weight_decay", "AdamW weight decay of the matrices"),
                        ("clip", "global gradient-norm clip"), ("seed", "seed of init, masks, batch order")]:
         data.flag(g, d, name, help)
     g = p.add_argument_group("run")
     data.flag(g, r, "out", "run folder: vqgan.eqx, shards/, shapes/, state_<step>.eqx, upgen.eqx, train.log")
-    data.flag(g, r, "minutes", f"wall-clock budget of the whole run (default {DEFAULT_MINUTES:g} without --steps, "
-                               "else none): the learning rate decays to its end, the run stops there", type=float)
+    data.flag(g, r, "minutes", f"wall-clock budget of the whole run (default {DEFAULT_MINUTES:g} with --images, "
+                               "else none): the learning rate decays to it or to --steps, whichever comes first",
+              type=float)
     data.flag(g, r, "resume", "continue from the newest state_<step>.eqx in --out with its saved settings; it may "
                               "change --steps, --keep, --save-every, --log-every, --samples, --lr, --warmup, "
                               "--weight-decay, --clip (and --minutes, --stop-after, the cluster flags), no other; on a "

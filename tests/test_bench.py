@@ -15,3 +15,9 @@ def test_the_shards_benchmark_trains_from_the_shards_it_writes_in_bounded_memory
 def test_the_decode_benchmark_runs_on_the_shipped_model(capsys):
     bench.bench_decode(Path(bench.__file__).parent / "checkpoints/shapes", 1, 2)
     assert "compiled decode" in capsys.readouterr().out
+
+
+def test_the_grid_benchmark_gives_our_step_s_speed_over_the_reference_s_at_each_shape(capsys):
+    ratios = bench.bench_grid(1, 1, grid=[(1, 16, 2, 32, 4)])
+    assert list(ratios) == [(1, 16, 2, 32, 4)] and 0 < ratios[1, 16, 2, 32, 4] < math.inf
+    assert f"worst: {min(ratios.values()):.2f}x" in capsys.readouterr().out

@@ -254,6 +254,13 @@ def eqx_arrays(model):
     return eqx.filter(model, eqx.is_inexact_array)
 
 
+def test_the_same_fixed_step_command_gives_the_same_checkpoint_bit_for_bit(tmp_path, tiny_vqgan):
+    flags = ("--shapes", "32", "--steps", "20", "--keep", "0")  # no time budget: the step count alone ends the run
+    finish_train(*(start_train(tmp_path / run, tiny_vqgan, *flags) for run in "ab"))
+    assert "training stops at step 20: done" in (tmp_path / "a" / "train.log").read_text()
+    assert (tmp_path / "a" / "upgen.eqx").read_bytes() == (tmp_path / "b" / "upgen.eqx").read_bytes()
+
+
 def write_pairs(folder, n):
     """n shapes pictures as folder/i.png + folder/i.txt; returns their captions."""
     import shapes
