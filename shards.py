@@ -304,12 +304,19 @@ def open_shards(folder, vq_path, process=0, processes=1):
     return data.Tokenizer(tuple(manifest["words"]), manifest["text_tokens"], tuple(lengths)), images, texts
 
 
-def held_out_rows(folder, n):
-    """Up to n held-out pairs of every process's finished shards in folder, spread over them -> uint16 (k, Ni + Nt)."""
-    files = [Path(folder) / s["file"].replace("images-", "held-out-") for path in sorted(Path(folder).glob(
-        "manifest-*.json")) for s in json.loads(path.read_text())["shards"] if s.get("held_out")]
-    rows = np.concatenate([np.load(f) for f in files]) if files else np.zeros((0, 0), np.uint16)
-    return rows[np.unique(np.linspace(0, len(rows) - 1, min(n, len(rows))).astype(int))]
+def held_out_rows(folder, n, training=False):
+    """Up to n held-out pairs (training=True: training pairs) of every process's finished shards in folder, spread
+    over them, read through memory maps -> uint16 (k, Ni + Nt)."""
+    prefix, count = ("images-", "examples") if training else ("held-out-", "held_out")
+    manifests = [json.loads(path.read_text()) for path in sorted(Path(folder).glob("manifest-*.json"))]
+    arrays = [np.load(Path(folder) / s["file"].replace("images-", prefix), mmap_mode="r") for manifest in manifests
+              for s in manifest["shards"] if s.get(count)]
+    if not arrays:
+        return np.zeros((0, 0), np.uint16)
+    ends = np.cumsum([len(a) for a in arrays])
+    picks = np.unique(np.linspace(0, ends[-1] - 1, min(n, ends[-1])).astype(int))
+    which = np.searchsorted(ends, picks, side="right")
+    return np.stack([arrays[w][p - ends[w] + len(arrays[w])] for w, p in zip(which, picks)])
 
 
 # ----------------------------------------------------------------------------------------------

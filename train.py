@@ -110,6 +110,11 @@ def host_copy(tree):
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
 
 
+def local_copy(tree):
+    """A replicated tree -> its copy on this host's first device, for what one host computes alone (evals)."""
+    return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
+
+
 def make_optimizer(tcfg: TrainConfig):
     """Global-norm clipping, then AdamW's update before its learning rate: train_step multiplies by the
     rate, so the schedule is a plain function of the step and the run's progress."""
@@ -247,12 +252,13 @@ def start_or_resume(tcfg: TrainConfig, run: RunConfig, out: Path, log):
     return tcfg, saved, minutes
 
 
-def log_metrics(pending, step, lr, done, batch_tokens, seconds, bar, log):
-    """One log line: mean loss and accuracies of the steps since the last line, and their tokens/s."""
+def log_metrics(pending, step, lr, done, batch_tokens, seconds, bar, log, validation):
+    """One log line: mean loss and accuracies of the steps since the last line, their tokens/s, the validation loss."""
     losses, metrics = zip(*jax.device_get(pending))
     line = {"loss": np.mean(losses), **{k: np.mean([m[k] for m in metrics]) for k in metrics[0]}}
     if seconds is not None:  # the first interval holds the compilation, so it gives no speed
         line["tok/s"] = len(pending) * batch_tokens / seconds
+    line.update(validation)
     bar.set_postfix({k: f"{v:.3g}" for k, v in line.items()})
     log(f"step {step} lr {lr:.2e} progress {done:.3f} " + " ".join(f"{k} {v:.4g}" for k, v in line.items()))
 
@@ -267,6 +273,7 @@ def train_loop(model, opt_state, step, tcfg, run, mcfg, tokenizer, corpus, budge
     # and stop at the same step without talking every step; the lr lags the clock by at most log_every steps.
     clock = budget.share()
     bar = tqdm(initial=step, total=tcfg.steps or None, disable=process != 0, desc="train")
+    held_out = [] if process else shards.held_out_rows(Path(run.shards or out / "shards"), evaluate.VALIDATION_PAIRS)
     pending, since = [], None
     while progress(step, tcfg, clock) < 1 and step < stop:
         tokens, kinds = global_batch(mesh, *shards.local_batch(corpus, step, counts, mcfg, seed=tcfg.seed,
@@ -280,7 +287,9 @@ def train_loop(model, opt_state, step, tcfg, run, mcfg, tokenizer, corpus, budge
         if step % run.log_every == 0 or progress(step, tcfg, clock) >= 1 or step == stop:
             clock = budget.share()
             seconds = None if since is None else time.perf_counter() - since
-            log_metrics(pending, step, lr, progress(step, tcfg, clock), tcfg.batch * mcfg.seq_len, seconds, bar, log)
+            validation = evaluate.validation_loss(local_copy(model), held_out) if len(held_out) else {}
+            log_metrics(pending, step, lr, progress(step, tcfg, clock), tcfg.batch * mcfg.seq_len, seconds, bar, log,
+                        validation)
             pending, since = [], time.perf_counter()
         done = progress(step, tcfg, clock)
         if (step % run.save_every == 0 or done >= 1 or step == stop) and run.keep > 0 and process == 0:
@@ -324,8 +333,10 @@ def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
         log(f"wrote {out / 'upgen.eqx'}")
         held_out, key = shards.held_out_rows(folder, HELD_OUT_PAIRS), jax.random.key(tcfg.seed)
         if tcfg.images and len(held_out):  # the shapes world has evaluate.py's own eval
-            log(evaluate.held_out_line(evaluate.held_out_eval(model, tokenizer, vq, held_out, sample.DecodeConfig(),
-                                                              key=key)))
+            references = shards.held_out_rows(folder, evaluate.READER_PICTURES, training=True)
+            for line in evaluate.held_out_lines(evaluate.held_out_eval(model, tokenizer, vq, held_out, references,
+                                                                       sample.DecodeConfig(), key=key)):
+                log(line)
         if run.samples:  # text -> image of a few captions no step trained on: a quick look at what it learnt
             prompts = evaluate.draw_captions(model, vq, tokenizer, held_out if len(held_out) else images[0],
                                              run.samples, out / "samples.png", key=key)
