@@ -2,14 +2,16 @@
 
 On the shapes world, shapes.read_picture and shapes.parse_caption read pictures and captions back exactly, so
 text->image, image->text, unconditional sampling and text-guided inpainting each get an accuracy. On any data, the
-run's held-out pairs (shards.py keeps them out of training) are captioned, and their captions drawn and captioned
-back, with no classifier: the model reads its own drawings.
+run's held-out pairs (shards.py keeps them out of training) give a validation loss, which train.py logs through a
+run; their pictures are captioned; their captions are drawn, and each drawing read by a reader that is not the
+model, the captions of its nearest training pictures; and when the captions take a few forms only (a class each),
+each picture is given the caption the model finds likeliest: zero-shot classification.
 
     python evaluate.py                      # the shipped model (checkpoints/shapes): a few minutes on 2 cores
     python evaluate.py --ckpt runs/shapes   # yours, from train.py
     python evaluate.py --ckpt runs/mine     # a run on your own pictures: its held-out pairs (below)
 
-One section per world (the shapes world, any folder's held-out pairs), then the command line. Read sample.py first.
+Sections: the validation loss, the shapes world, any folder's held-out pairs, the command line. Read sample.py first.
 """
 import argparse
 import itertools
@@ -228,8 +230,10 @@ def nearest_captions(vq, codes, references, k=READER_NEIGHBOURS):
     nearest training pairs references (m, Ni + Nt), by Euclidean distance between the pictures' codebook vectors
     (ties go to the nearest) -> tokenizer ids (n, Nt)."""
     Ni, book = codes.shape[1], np.asarray(vq.quantizer.codebook)  # (K, D)
-    x, y = (book[np.asarray(c, int)].reshape(len(c), -1) for c in (codes, references[:, :Ni]))  # (n | m, Ni * D)
-    distances = (x ** 2).sum(1)[:, None] - 2 * x @ y.T + (y ** 2).sum(1)  # (n, m)
+    square = (book ** 2).sum(1)
+    table = square[:, None] - 2 * book @ book.T + square[None]  # (K, K) squared distances between codes
+    x, y = np.asarray(codes, int), np.asarray(references[:, :Ni], int)
+    distances = sum(table[x[:, i, None], y[None, :, i]] for i in range(Ni))  # (n, m), memory (n, m) whatever Ni
     votes = [[tuple(c) for c in references[row, Ni:]] for row in np.argsort(distances, axis=1)[:, :k]]
     return np.array([max(v, key=v.count) for v in votes])  # max keeps the first, nearest, of equal counts
 
