@@ -304,6 +304,16 @@ def open_shards(folder, vq_path, process=0, processes=1):
     return data.Tokenizer(tuple(manifest["words"]), manifest["text_tokens"], tuple(lengths)), images, texts
 
 
+def gather(arrays, rows):
+    """Rows (k,) of some (memory-mapped) arrays, counted through them in order -> (k, ...)."""
+    ends = np.cumsum([len(a) for a in arrays])
+    which = np.searchsorted(ends, rows, side="right")
+    out = np.empty((len(rows), *arrays[0].shape[1:]), arrays[0].dtype)
+    for i in np.unique(which):  # reads only those rows' pages
+        out[which == i] = arrays[i][rows[which == i] - ends[i] + len(arrays[i])]
+    return out
+
+
 def held_out_rows(folder, n, training=False):
     """Up to n held-out pairs (training=True: training pairs) of every process's finished shards in folder, spread
     over them, read through memory maps -> uint16 (k, Ni + Nt)."""
@@ -313,10 +323,8 @@ def held_out_rows(folder, n, training=False):
               for s in manifest["shards"] if s.get(count)]
     if not arrays:
         return np.zeros((0, 0), np.uint16)
-    ends = np.cumsum([len(a) for a in arrays])
-    picks = np.unique(np.linspace(0, ends[-1] - 1, min(n, ends[-1])).astype(int))
-    which = np.searchsorted(ends, picks, side="right")
-    return np.stack([arrays[w][p - ends[w] + len(arrays[w])] for w, p in zip(which, picks)])
+    total = sum(len(a) for a in arrays)
+    return gather(arrays, np.unique(np.linspace(0, total - 1, min(n, total)).astype(int)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,13 +420,7 @@ def kind_counts(batch: int, mix) -> tuple:
 
 def draw(arrays, n, rng):
     """n rows drawn with replacement, uniformly over all rows of some (memory-mapped) arrays -> (n, ...)."""
-    ends = np.cumsum([len(a) for a in arrays])
-    rows = rng.integers(ends[-1], size=n)
-    which = np.searchsorted(ends, rows, side="right")
-    out = np.empty((n, *arrays[0].shape[1:]), arrays[0].dtype)
-    for i in np.unique(which):  # reads only the drawn rows' pages
-        out[which == i] = arrays[i][rows[which == i] - ends[i] + len(arrays[i])]
-    return out
+    return gather(arrays, rng.integers(sum(len(a) for a in arrays), size=n))
 
 
 def local_batch(corpus, step: int, counts, cfg: upgen.UPGenConfig, *, seed: int, process: int = 0):
