@@ -2,14 +2,16 @@
 
 On the shapes world, shapes.read_picture and shapes.parse_caption read pictures and captions back exactly, so
 text->image, image->text, unconditional sampling and text-guided inpainting each get an accuracy. On any data, the
-run's held-out pairs (shards.py keeps them out of training) are captioned, and their captions drawn and captioned
-back, with no classifier: the model reads its own drawings.
+run's held-out pairs (shards.py keeps them out of training) give a validation loss, which train.py logs through a
+run; their pictures are captioned; their captions are drawn, and each drawing read by a reader that is not the
+model, the captions of its nearest training pictures; and when the captions take a few forms only (a class each),
+each picture is given the caption the model finds likeliest: zero-shot classification.
 
     python evaluate.py                      # the shipped model (checkpoints/shapes): a few minutes on 2 cores
     python evaluate.py --ckpt runs/shapes   # yours, from train.py
     python evaluate.py --ckpt runs/mine     # a run on your own pictures: its held-out pairs (below)
 
-One section per world (the shapes world, any folder's held-out pairs), then the command line. Read sample.py first.
+Sections: the validation loss, the shapes world, any folder's held-out pairs, the command line. Read sample.py first.
 """
 import argparse
 import itertools
@@ -19,14 +21,62 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import data
 import sample
 import shapes
 import shards
+import upgen
 import vqgan
+
+# ---------------------------------------------------------------------------------------------------
+# The validation loss, which train.py logs through a run: the masked-token loss of held-out pairs
+
+VALIDATION_PAIRS = 256  # held-out pairs it reads at most (~1 s on 2 cores, a few % of 50 steps)
+VALIDATION_RATIOS = (0.25, 0.5, 0.75, 1.0)  # shares of a picture's tokens, and of a caption's, hidden in turn
+VALIDATION_SEED = 20261203  # the same tokens hidden at every call, so the points of a run compare
+
+
+def validation_masks(rows, mcfg):
+    """Held-out pairs rows (n, Ni + Nt) -> (tokens (n, L), masked bool (n, L)). Pair i hides VALIDATION_RATIOS[i % 4]
+    of its picture's tokens and VALIDATION_RATIOS[i // 4 % 4] of its caption's (rounded up), which ones fixed by
+    VALIDATION_SEED: every pairing of the two ratios is read, from "fill in a few" to "draw it all"."""
+    tokens = np.asarray(upgen.make_sequence(rows[:, :mcfg.image_tokens], rows[:, mcfg.image_tokens:], mcfg))
+    ratios, i = np.array(VALIDATION_RATIOS), np.arange(len(rows))
+    real = tokens != mcfg.pad_id  # (n, L)
+    scores = np.where(real, np.random.default_rng(VALIDATION_SEED).random(tokens.shape), np.inf)
+    is_image = np.arange(mcfg.seq_len) < mcfg.image_tokens  # (L,)
+    masked = np.zeros_like(real)
+    for part, ratio in ((is_image, ratios[i % len(ratios)]), (~is_image, ratios[i // len(ratios) % len(ratios)])):
+        rank = np.where(part, scores, np.inf).argsort(1).argsort(1)  # (n, L) 0 = the part's smallest score
+        masked |= rank < np.ceil(ratio * (real & part).sum(1))[:, None]
+    return tokens, masked
+
+
+@eqx.filter_jit
+def masked_token_losses(model, batch):
+    """batch int32 (B, 3, L): tokens, inputs, masked -> per row the summed cross-entropy of its masked image tokens,
+    their count, the same of its masked text tokens: float32 (B, 4)."""
+    tokens, inputs, masked = batch[:, 0], batch[:, 1], batch[:, 2] == 1
+    logits = jax.vmap(model)(inputs)  # (B, L, V)
+    ce = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tokens[..., None], -1)[..., 0]  # (B, L)
+    is_image = jnp.arange(model.cfg.seq_len) < model.cfg.image_tokens
+    parts = (masked & is_image, masked & ~is_image)
+    return jnp.stack([x for part in parts for x in ((ce * part).sum(-1), part.sum(-1))], axis=-1)
+
+
+def validation_loss(model, rows, batch=64):
+    """The mean cross-entropy (nats) of the masked image tokens and of the masked caption tokens of held-out pairs
+    rows (n, Ni + Nt) under validation_masks -> {"val_image_loss": ..., "val_text_loss": ...}."""
+    tokens, masked = validation_masks(rows, model.cfg)
+    batches = np.stack([tokens, np.where(masked, model.cfg.mask_id, tokens), masked], axis=1).astype(np.int32)
+    sums = data.in_batches(lambda b, _: masked_token_losses(model, b), batches, batch, key=jax.random.key(0)).sum(0)
+    return {"val_image_loss": float(sums[0] / max(sums[1], 1)), "val_text_loss": float(sums[2] / max(sums[3], 1))}
+
 
 # ---------------------------------------------------------------------------------------------------
 # The shapes world
@@ -171,10 +221,78 @@ def caption_scores(written, wanted):
     return float(np.all(written == wanted, axis=1).mean()), float(((written == wanted) & real).sum() / real.sum())
 
 
-def held_out_eval(model, tokenizer, vq, rows, dcfg, *, key, batch=32):
-    """Held-out pairs rows (n, Ni + Nt) -> image->text: their pictures captioned, exactly right and word by word;
-    text->image: pictures drawn from their captions (guidance sample.TEXT_GUIDANCE), decoded to pixels, encoded
-    again and captioned back, exactly right: a drawing that shows what its caption says is captioned with it."""
+READER_PICTURES = 5000  # training pairs the nearest-picture reader compares a picture with, spread over the shards
+READER_NEIGHBOURS = 5  # the nearest training pictures whose captions vote on what a picture shows
+
+
+def nearest_captions(vq, codes, references, k=READER_NEIGHBOURS):
+    """A reader that is not the model: what pictures codes (n, Ni) show, read as the commonest caption of their k
+    nearest training pairs references (m, Ni + Nt), by Euclidean distance between the pictures' codebook vectors
+    (ties go to the nearest) -> tokenizer ids (n, Nt)."""
+    Ni, book = codes.shape[1], np.asarray(vq.quantizer.codebook)  # (K, D)
+    square = (book ** 2).sum(1)
+    table = square[:, None] - 2 * book @ book.T + square[None]  # (K, K) squared distances between codes
+    x, y = np.asarray(codes, int), np.asarray(references[:, :Ni], int)
+    distances = sum(table[x[:, i, None], y[None, :, i]] for i in range(Ni))  # (n, m), memory (n, m) whatever Ni
+    votes = [[tuple(c) for c in references[row, Ni:]] for row in np.argsort(distances, axis=1)[:, :k]]
+    return np.array([max(v, key=v.count) for v in votes])  # max keeps the first, nearest, of equal counts
+
+
+def read_by_nearest(vq, drawn, rows, references, seed=0):
+    """Shares of pictures whose nearest_captions are the held-out pairs rows' captions: pictures drawn (n, Ni) from
+    those captions; the held-out pictures themselves (the reader's ceiling); random training pictures (chance)."""
+    Ni, captions = drawn.shape[1], rows[:, drawn.shape[1]:]
+    random = references[np.random.default_rng(seed).integers(len(references), size=len(rows)), :Ni]
+    return {name: caption_scores(nearest_captions(vq, codes, references), captions)[0] for name, codes in
+            (("text->image read by nearest pictures", drawn), ("nearest pictures: held-out pictures", rows[:, :Ni]),
+             ("nearest pictures: random pictures", random))}
+
+
+ZERO_SHOT_CAPTIONS = 100  # a run whose captions take at most this many forms gets zero-shot classification
+
+
+@eqx.filter_jit
+def caption_log_likelihoods(model, codes, candidates, prior):
+    """log p(caption | picture) of every candidate caption (C, Nt) for each picture codes (B, Ni): the log-prior of
+    its length (sample.length_prior) plus its words' log-probabilities, all hidden at once as image->text begins
+    -> float32 (B, C)."""
+    mcfg, (B, C) = model.cfg, (len(codes), len(candidates))
+    real = candidates != data.PAD  # (C, Nt)
+    hidden = upgen.make_sequence(codes[:, None], jnp.where(real, data.MASK, data.PAD), mcfg)  # (B, C, L)
+    wanted = upgen.make_sequence(codes[:, None], candidates, mcfg)  # (B, C, L)
+    log_p = sample.token_log_probs(model, hidden.reshape(B * C, -1), wanted.reshape(B * C, -1))  # (B * C, L)
+    words = jnp.where(real, log_p[:, mcfg.image_tokens:].reshape(B, C, -1), 0).sum(-1)  # (B, C)
+    return prior[jnp.maximum(real.sum(1), 1) - 1] + words
+
+
+def caption_classes(rows, references, Ni):
+    """Held-out pairs rows (n, Ni + Nt) and training pairs references (m, Ni + Nt) -> (their distinct captions
+    (C, Nt), the class of each row of rows then references (n + m,))."""
+    candidates, classes = np.unique(np.concatenate([rows, references])[:, Ni:], axis=0, return_inverse=True)
+    return candidates, classes.reshape(-1)
+
+
+def zero_shot(model, tokenizer, rows, references, batch=8):
+    """Zero-shot classification of the held-out pairs rows (n, Ni + Nt) when the captions of rows and of the
+    training pairs references take at most ZERO_SHOT_CAPTIONS forms: each picture gets the one of highest
+    caption_log_likelihoods -> {share right, share of the commonest training caption: chance, candidates}, or {}."""
+    Ni = model.cfg.image_tokens
+    candidates, classes = caption_classes(rows, references, Ni)
+    if len(candidates) > ZERO_SHOT_CAPTIONS:
+        return {}
+    truth, commonest = classes[:len(rows)], np.bincount(classes[len(rows):]).argmax()
+    prior, candidates = sample.length_prior(tokenizer), jnp.asarray(candidates, jnp.int32)
+    scores = data.in_batches(lambda c, _: caption_log_likelihoods(model, c, candidates, prior),
+                             np.asarray(rows[:, :Ni], np.int32), batch, key=jax.random.key(0))  # (n, C)
+    return {"zero-shot": float(np.mean(scores.argmax(1) == truth)), "zero-shot chance": float(np.mean(
+        truth == commonest)), "candidates": len(candidates)}
+
+
+def held_out_eval(model, tokenizer, vq, rows, references, dcfg, *, key, batch=32):
+    """Held-out pairs rows (n, Ni + Nt), training pairs references (m, Ni + Nt) -> the validation loss;
+    image->text: the held-out pictures captioned, exactly right and word by word; text->image: pictures drawn from
+    their captions (guidance sample.TEXT_GUIDANCE), decoded to pixels and encoded again, then read by the nearest
+    training pictures (read_by_nearest) and captioned back by the model, exactly right; zero-shot classification."""
     start, mcfg = time.perf_counter(), model.cfg
     codes, captions = np.asarray(rows[:, :mcfg.image_tokens], np.int32), np.asarray(rows[:, mcfg.image_tokens:], int)
     prior = sample.length_prior(tokenizer)
@@ -185,8 +303,9 @@ def held_out_eval(model, tokenizer, vq, rows, dcfg, *, key, batch=32):
                             sample.inputs(mcfg, len(rows), text=captions), 8 * batch, key=t2i_key)  # (n, L)
     again = vqgan.encode_images(vq, sample.pictures(vq, drawn, mcfg))  # (n, Ni)
     back, _ = caption_scores(data.in_batches(caption, again, batch, key=back_key), captions)
-    return {"pairs": len(rows), "image->text exact": exact, "image->text words": words, "text->image captioned back":
-            back, "seconds": time.perf_counter() - start}
+    return {"pairs": len(rows), **validation_loss(model, rows), "image->text exact": exact, "image->text words":
+            words, **read_by_nearest(vq, again, rows, references), "text->image captioned back": back,
+            **zero_shot(model, tokenizer, rows, references), "seconds": time.perf_counter() - start}
 
 
 def draw_captions(model, vq, tokenizer, rows, n, path, *, key):
@@ -199,10 +318,22 @@ def draw_captions(model, vq, tokenizer, rows, n, path, *, key):
     return prompts
 
 
-def held_out_line(f):
-    return (f"held-out pairs ({f['pairs']}): image->text {f['image->text exact']:.1%} exactly right, "
-            f"{f['image->text words']:.1%} of words; text->image {f['text->image captioned back']:.1%} captioned "
-            f"back exactly with their prompt ({f['seconds']:.0f} s)")
+def held_out_lines(f):
+    """held_out_eval's figures f -> one line per question, the first naming the pairs."""
+    lines = [f"held-out pairs ({f['pairs']}, {f['seconds']:.0f} s): validation loss {f['val_image_loss']:.3f} nats "
+             f"per masked image token, {f['val_text_loss']:.3f} per masked caption token",
+             f"image->text: {f['image->text exact']:.1%} of the held-out pictures captioned exactly right, "
+             f"{f['image->text words']:.1%} of words",
+             f"text->image: {f['text->image read by nearest pictures']:.1%} of the pictures drawn from held-out "
+             f"captions read as their prompt by the captions of their {READER_NEIGHBOURS} nearest training pictures "
+             f"(the held-out pictures themselves: {f['nearest pictures: held-out pictures']:.1%}, random training "
+             f"pictures: {f['nearest pictures: random pictures']:.1%}); {f['text->image captioned back']:.1%} "
+             "captioned back exactly with their prompt by the model that drew them"]
+    if "zero-shot" in f:
+        lines.append(f"zero-shot: {f['zero-shot']:.1%} of the held-out pictures given their own caption of the "
+                     f"{f['candidates']} the run's captions take, by the model's likelihood of each (the commonest "
+                     f"caption for all: {f['zero-shot chance']:.1%})")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,8 +361,9 @@ def main(argv=None):
         model, tokenizer, vq = sample.load(args.ckpt)
         rows = shards.held_out_rows(folder, HELD_OUT_PAIRS) if not shapes_world else []
         if len(rows):  # the shapes world's captions vary in wording: its own eval below reads what they say
-            figures["held out"] = held_out_eval(model, tokenizer, vq, rows, dcfg, key=key)
-            print(held_out_line(figures["held out"]), flush=True)
+            references = shards.held_out_rows(folder, READER_PICTURES, training=True)
+            figures["held out"] = held_out_eval(model, tokenizer, vq, rows, references, dcfg, key=key)
+            print("\n".join(held_out_lines(figures["held out"])), flush=True)
         if shapes_world and vq.cfg.image_size != shapes.ShapesConfig().image_size:
             raise ValueError(f"{args.ckpt} takes {vq.cfg.image_size}px images, not the shapes world's "
                              f"{shapes.ShapesConfig().image_size}px pictures")

@@ -21,8 +21,10 @@ import numpy as np
 import optax
 
 import data
+import evaluate
 import sample
 import shapes
+import shards
 from upgen import UPGen, make_sequence
 from vqgan import encode_images
 
@@ -125,6 +127,24 @@ def probe(model: UPGen, vq, images, labels, cfg: ProbeConfig, *, layer=None, key
             for name, x in sources.items()}
 
 
+def held_out_probe(model, tokenizer, folder, cfg: ProbeConfig, *, layer=None, key):
+    """A run's own pairs, in its token shards folder, their captions the classes: the probe trained on the training
+    pairs and scored on the held-out pairs, beside zero-shot classification of the same pictures by the model's
+    likelihood of each caption (evaluate.zero_shot) -> {"linear probe": share right, **zero-shot figures}."""
+    rows = shards.held_out_rows(folder, evaluate.HELD_OUT_PAIRS)
+    references = shards.held_out_rows(folder, evaluate.READER_PICTURES, training=True)
+    if not len(rows):
+        raise ValueError(f"no held-out pairs in {folder}: give --ckpt a run of train.py --images")
+    figures = evaluate.zero_shot(model, tokenizer, rows, references)
+    if not figures:
+        raise ValueError(f"the captions in {folder} take more than {evaluate.ZERO_SHOT_CAPTIONS} forms: no classes")
+    Ni, n = model.cfg.image_tokens, len(rows)
+    candidates, classes = evaluate.caption_classes(rows, references, Ni)
+    x = model_features(model, np.concatenate([rows, references])[:, :Ni].astype(np.int32), layer, cfg.batch_size)
+    accuracy = linear_probe(x[n:], classes[n:, None], x[:n], classes[:n, None], [len(candidates)], cfg, key=key)
+    return {"pairs": n, "linear probe": accuracy[0], **figures}
+
+
 # ----------------------------------------------------------------------------------------------
 # Labelled data and checkpoints
 
@@ -167,9 +187,19 @@ def main(argv=None):
                         help="passes of the classifier over the training split")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the shapes pictures, the split, random init and the probe")
+    parser.add_argument("--held-out", action="store_true", help="the classes are the captions of the run in "
+                        "--ckpt (at most 100 forms): train on its training pairs, score on its held-out pairs, "
+                        "beside zero-shot")
     args = parser.parse_args(argv)
     try:
-        model, _, vq = sample.load(args.ckpt)
+        model, tokenizer, vq = sample.load(args.ckpt)
+        if args.held_out:
+            f = held_out_probe(model, tokenizer, Path(args.ckpt) / "shards", ProbeConfig(epochs=args.epochs),
+                               layer=args.layer, key=jax.random.key(args.seed))
+            print(f"{f['pairs']} held-out pictures of {args.ckpt}, {f['candidates']} captions to choose from: "
+                  f"zero-shot by caption likelihood {f['zero-shot']:.1%}, linear probe {f['linear probe']:.1%}, the "
+                  f"commonest caption for all {f['zero-shot chance']:.1%}")
+            return f
         if args.folder:
             images, labels, classes, skipped = class_folder(args.folder, vq.cfg.image_size)
             tasks = [f"{len(classes)} classes"]

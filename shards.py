@@ -304,12 +304,27 @@ def open_shards(folder, vq_path, process=0, processes=1):
     return data.Tokenizer(tuple(manifest["words"]), manifest["text_tokens"], tuple(lengths)), images, texts
 
 
-def held_out_rows(folder, n):
-    """Up to n held-out pairs of every process's finished shards in folder, spread over them -> uint16 (k, Ni + Nt)."""
-    files = [Path(folder) / s["file"].replace("images-", "held-out-") for path in sorted(Path(folder).glob(
-        "manifest-*.json")) for s in json.loads(path.read_text())["shards"] if s.get("held_out")]
-    rows = np.concatenate([np.load(f) for f in files]) if files else np.zeros((0, 0), np.uint16)
-    return rows[np.unique(np.linspace(0, len(rows) - 1, min(n, len(rows))).astype(int))]
+def gather(arrays, rows):
+    """Rows (k,) of some (memory-mapped) arrays, counted through them in order -> (k, ...)."""
+    ends = np.cumsum([len(a) for a in arrays])
+    which = np.searchsorted(ends, rows, side="right")
+    out = np.empty((len(rows), *arrays[0].shape[1:]), arrays[0].dtype)
+    for i in np.unique(which):  # reads only those rows' pages
+        out[which == i] = arrays[i][rows[which == i] - ends[i] + len(arrays[i])]
+    return out
+
+
+def held_out_rows(folder, n, training=False):
+    """Up to n held-out pairs (training=True: training pairs) of every process's finished shards in folder, spread
+    over them, read through memory maps -> uint16 (k, Ni + Nt)."""
+    prefix, count = ("images-", "examples") if training else ("held-out-", "held_out")
+    manifests = [json.loads(path.read_text()) for path in sorted(Path(folder).glob("manifest-*.json"))]
+    arrays = [np.load(Path(folder) / s["file"].replace("images-", prefix), mmap_mode="r") for manifest in manifests
+              for s in manifest["shards"] if s.get(count)]
+    if not arrays:
+        return np.zeros((0, 0), np.uint16)
+    total = sum(len(a) for a in arrays)
+    return gather(arrays, np.unique(np.linspace(0, total - 1, min(n, total)).astype(int)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,13 +420,7 @@ def kind_counts(batch: int, mix) -> tuple:
 
 def draw(arrays, n, rng):
     """n rows drawn with replacement, uniformly over all rows of some (memory-mapped) arrays -> (n, ...)."""
-    ends = np.cumsum([len(a) for a in arrays])
-    rows = rng.integers(ends[-1], size=n)
-    which = np.searchsorted(ends, rows, side="right")
-    out = np.empty((n, *arrays[0].shape[1:]), arrays[0].dtype)
-    for i in np.unique(which):  # reads only the drawn rows' pages
-        out[which == i] = arrays[i][rows[which == i] - ends[i] + len(arrays[i])]
-    return out
+    return gather(arrays, rng.integers(sum(len(a) for a in arrays), size=n))
 
 
 def local_batch(corpus, step: int, counts, cfg: upgen.UPGenConfig, *, seed: int, process: int = 0):

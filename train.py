@@ -127,6 +127,11 @@ def host_copy(tree):
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
 
 
+def local_copy(tree):
+    """A replicated tree -> its copy on this host's first device, for what one host computes alone (evals)."""
+    return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
+
+
 def make_optimizer(tcfg: TrainConfig):
     """Global-norm clipping, then AdamW's update before its learning rate: train_step multiplies by the
     rate, so the schedule is a plain function of the step and the run's progress."""
@@ -168,11 +173,29 @@ def init_state(mcfg, optimizer, *, key):
 # Checkpoints: out/state_<step>.eqx holds everything --resume needs; out/upgen.eqx only the model
 
 
-def save_state(out: Path, step, progress, model, opt_state, mcfg, tcfg, run, tokenizer):
-    configs = {"upgen": mcfg, "train": tcfg, "run": run, "tokenizer": tokenizer}
-    header = {"step": step, "progress": progress, **{k: dataclasses.asdict(v) for k, v in configs.items()}}
-    data.save_checkpoint(out / f"state_{step}.eqx", header, host_copy((model, opt_state)))
-    for old in state_files(out)[:-run.keep]:
+class State(NamedTuple):
+    """What changes step by step: the model, its optimizer state and the steps done."""
+    model: upgen.UPGen
+    opt_state: optax.OptState
+    step: int
+
+
+class Setup(NamedTuple):
+    """What the loop is given once: the configs, the text tokenizer saved with each state, this host's corpus."""
+    tcfg: TrainConfig
+    run: RunConfig
+    mcfg: upgen.UPGenConfig
+    tokenizer: data.Tokenizer
+    corpus: tuple  # (image shards, text shards) of this host, memory-mapped
+
+
+def save_state(state: State, progress: float, setup: Setup):
+    """out/state_<step>.eqx: the state, the schedule's progress and the run's configs; keeps the newest run.keep."""
+    configs = {"upgen": setup.mcfg, "train": setup.tcfg, "run": setup.run, "tokenizer": setup.tokenizer}
+    header = {"step": state.step, "progress": progress, **{k: dataclasses.asdict(v) for k, v in configs.items()}}
+    out = Path(setup.run.out)
+    data.save_checkpoint(out / f"state_{state.step}.eqx", header, host_copy((state.model, state.opt_state)))
+    for old in state_files(out)[:-setup.run.keep]:
         old.unlink()
 
 
@@ -323,38 +346,43 @@ def start_or_resume(tcfg: TrainConfig, run: RunConfig, out: Path, log):
     return tcfg, saved, minutes
 
 
-def log_metrics(pending, step, lr, done, batch_tokens, seconds, bar, log, out: Path):
-    """One log line: mean loss, accuracies and gradient norm of the steps since the last line, and their tokens/s.
-    A loss or gradient that is not finite stops the run before anything is saved from its weights."""
+def interval_figures(pending, seconds, batch_tokens) -> dict:
+    """Mean loss, accuracies and gradient norm of the steps since the last log point, and their tokens/s."""
     losses, metrics = zip(*jax.device_get(pending))
-    line = {"loss": np.mean(losses), **{k: np.mean([m[k] for m in metrics]) for k in metrics[0]}}
-    if not (np.isfinite(line["loss"]) and np.isfinite(line["grad_norm"])):
+    figures = {"loss": np.mean(losses), **{k: np.mean([m[k] for m in metrics]) for k in metrics[0]}}
+    if seconds is not None:  # the first interval holds the compilation, so it gives no speed
+        figures["tok/s"] = len(pending) * batch_tokens / seconds
+    return figures
+
+
+def check_finite(figures: dict, step: int, out: Path):
+    """A loss or gradient that is not finite stops the run here, before anything is saved from its weights."""
+    if not (np.isfinite(figures["loss"]) and np.isfinite(figures["grad_norm"])):
         newest = state_files(out)[-1].name if state_files(out) else None
-        raise ValueError(f"training diverged by step {step} (loss {line['loss']:.4g}, gradient norm "
-                         f"{line['grad_norm']:.4g}); nothing saved from these weights. " + (
+        raise ValueError(f"training diverged by step {step} (loss {figures['loss']:.4g}, gradient norm "
+                         f"{figures['grad_norm']:.4g}); nothing saved from these weights. " + (
                              f"Newest good state: {newest}; --resume --lr SMALLER continues from it" if newest else
                              "No state was saved before it: start again with a smaller --lr"))
-    if seconds is not None:  # the first interval holds the compilation, so it gives no speed
-        line["tok/s"] = len(pending) * batch_tokens / seconds
-    bar.set_postfix({k: f"{v:.3g}" for k, v in line.items()})
-    log(f"step {step} lr {lr:.2e} progress {done:.3f} " + " ".join(f"{k} {v:.4g}" for k, v in line.items()))
 
 
-def train_loop(model, opt_state, step, tcfg, run, mcfg, tokenizer, corpus, budget, log):
-    """Steps until the schedule's progress reaches 1, run.stop_after steps, or a stop signal; logs and saves on the
-    way (every save checks the loss first) -> model. A signal saves the step reached and exits."""
+def train_loop(state: State, setup: Setup, budget: Budget, log) -> State:
+    """Steps until the schedule's progress reaches 1, run.stop_after steps, or a stop signal; logs (with the validation
+    loss) and saves on the way, every save after a check of the loss. A signal saves the step reached and exits."""
+    tcfg, run, mcfg = setup.tcfg, setup.run, setup.mcfg
     out, process, mesh, optimizer = Path(run.out), jax.process_index(), make_mesh(), make_optimizer(tcfg)
     counts = shards.kind_counts(tcfg.batch // jax.process_count(), tcfg.mix)
     train_key = jax.random.split(jax.random.key(tcfg.seed))[1]
-    stop = step + run.stop_after if run.stop_after else math.inf
+    stop = state.step + run.stop_after if run.stop_after else math.inf
+    held_out = [] if process else shards.held_out_rows(Path(run.shards or out / "shards"), evaluate.VALIDATION_PAIRS)
     # The clock's share is process 0's, shared at log points and constant between them: all hosts take the same lr
     # and stop at the same step without talking every step; the lr lags the clock by at most log_every steps.
     clock = budget.share()
-    bar = tqdm(initial=step, total=tcfg.steps or None, disable=process != 0, desc="train")
+    bar = tqdm(initial=state.step, total=tcfg.steps or None, disable=process != 0, desc="train")
+    model, opt_state, step = state
     pending, since, signalled = [], None, ""
     with stop_signals() as stopping:
         while progress(step, tcfg, clock) < 1 and step < stop and not signalled:
-            tokens, kinds = global_batch(mesh, *shards.local_batch(corpus, step, counts, mcfg, seed=tcfg.seed,
+            tokens, kinds = global_batch(mesh, *shards.local_batch(setup.corpus, step, counts, mcfg, seed=tcfg.seed,
                                                                    process=process))
             lr = learning_rate(step, progress(step, tcfg, clock), tcfg)
             model, opt_state, loss, metrics = train_step(model, opt_state, tokens, kinds, jnp.float32(lr),
@@ -367,12 +395,15 @@ def train_loop(model, opt_state, step, tcfg, run, mcfg, tokenizer, corpus, budge
             if step % run.log_every == 0 or save or progress(step, tcfg, clock) >= 1:
                 clock = budget.share()
                 seconds = None if since is None else time.perf_counter() - since
-                log_metrics(pending, step, lr, progress(step, tcfg, clock), tcfg.batch * mcfg.seq_len, seconds, bar,
-                            log, out)
+                line = interval_figures(pending, seconds, tcfg.batch * mcfg.seq_len)
+                check_finite(line, step, out)
+                line.update(evaluate.validation_loss(local_copy(model), held_out) if len(held_out) else {})
+                bar.set_postfix({k: f"{v:.3g}" for k, v in line.items()})
+                log(f"step {step} lr {lr:.2e} progress {progress(step, tcfg, clock):.3f} "
+                    + " ".join(f"{k} {v:.4g}" for k, v in line.items()))
                 pending, since = [], time.perf_counter()
-            done = progress(step, tcfg, clock)
-            if (save or done >= 1) and run.keep > 0 and process == 0:
-                save_state(out, step, done, model, opt_state, mcfg, tcfg, run, tokenizer)
+            if (save or progress(step, tcfg, clock) >= 1) and run.keep > 0 and process == 0:
+                save_state(State(model, opt_state, step), progress(step, tcfg, clock), setup)
     bar.close()
     if signalled:
         saved = f"state_{step}.eqx saved; --resume continues" if run.keep else "nothing saved (--keep 0)"
@@ -380,7 +411,7 @@ def train_loop(model, opt_state, step, tcfg, run, mcfg, tokenizer, corpus, budge
         sys.exit(128 + signal.Signals[signalled])
     why = "the time budget is spent" if clock >= 1 else "--stop-after (--resume continues)" if step == stop else "done"
     log(f"training stops at step {step}: {why}")
-    return model
+    return State(model, opt_state, step)
 
 
 def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
@@ -403,20 +434,23 @@ def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
         mcfg = shards.model_config(settings, vq.cfg, tokenizer)
         init_key = jax.random.split(jax.random.key(tcfg.seed))[0]
         step, (model, opt_state) = 0, init_state(mcfg, make_optimizer(tcfg), key=init_key)
-    model, opt_state = replicate((model, opt_state), make_mesh())
-    log(f"UPGen {upgen.count_params(model) / 1e6:.2f}M params; {mcfg}")
+    state = State(*replicate((model, opt_state), make_mesh()), step)
+    log(f"UPGen {upgen.count_params(state.model) / 1e6:.2f}M params; {mcfg}")
     log(f"{tcfg}; {len(jax.devices())} devices, {processes} host(s); this host draws from "
         f"{sum(map(len, images))} pictures and {sum(map(len, texts))} texts (the captions when no --text)")
     end = started + 60 * minutes - FINISH_SECONDS - HELD_OUT_SECONDS * bool(tcfg.images) if minutes else None
     budget = Budget(time.perf_counter(), end, saved.progress if saved else 0.0)
-    model = host_copy(train_loop(model, opt_state, step, tcfg, run, mcfg, tokenizer, (images, texts), budget, log))
+    setup = Setup(tcfg, run, mcfg, tokenizer, (images, texts))
+    model = host_copy(train_loop(state, setup, budget, log).model)
     if process == 0:
         upgen.save_upgen(out / "upgen.eqx", model, tokenizer)
         log(f"wrote {out / 'upgen.eqx'}")
         held_out, key = shards.held_out_rows(folder, HELD_OUT_PAIRS), jax.random.key(tcfg.seed)
         if tcfg.images and len(held_out):  # the shapes world has evaluate.py's own eval
-            log(evaluate.held_out_line(evaluate.held_out_eval(model, tokenizer, vq, held_out, sample.DecodeConfig(),
-                                                              key=key)))
+            references = shards.held_out_rows(folder, evaluate.READER_PICTURES, training=True)
+            for line in evaluate.held_out_lines(evaluate.held_out_eval(model, tokenizer, vq, held_out, references,
+                                                                       sample.DecodeConfig(), key=key)):
+                log(line)
         if run.samples:  # text -> image of a few captions no step trained on: a quick look at what it learnt
             prompts = evaluate.draw_captions(model, vq, tokenizer, held_out if len(held_out) else images[0],
                                              run.samples, out / "samples.png", key=key)

@@ -66,3 +66,61 @@ def test_bad_settings_are_one_line_errors(shipped, tmp_path):
             evaluate.main(argv)
         message = str(exit.value.code)
         assert message.startswith("error: ") and says in message and "\n" not in message
+
+
+def test_the_validation_loss_is_the_cross_entropy_of_fixed_masked_tokens_of_held_out_pairs():
+    cfg = upgen.UPGenConfig(image_codes=16, image_tokens=16, text_vocab=20, text_tokens=6, width=32, depth=1,
+                            heads=2, mlp=64)
+    model = upgen.UPGen(cfg, key=jax.random.key(0))
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([rng.integers(0, 16, (40, 16)), rng.integers(2, 20, (40, 6))], axis=1).astype(np.uint16)
+    rows[::3, -2:] = 0  # some captions end in PAD, which is never hidden
+    tokens, masked = evaluate.validation_masks(rows, cfg)
+    real = np.arange(22) < np.where(np.arange(40) % 3 == 0, 20, 22)[:, None]
+    ratios = np.array(evaluate.VALIDATION_RATIOS)
+    assert np.array_equal(masked[:, :16].sum(1), (ratios[np.arange(40) % 4] * 16).astype(int))
+    assert np.array_equal(masked[:, 16:].sum(1), np.ceil(ratios[np.arange(40) // 4 % 4] * (real.sum(1) - 16)))
+    assert not (masked & ~real).any() and np.array_equal(masked, evaluate.validation_masks(rows, cfg)[1])
+    log_p = np.asarray(jax.nn.log_softmax(jax.vmap(model)(np.where(masked, cfg.mask_id, tokens)), axis=-1))
+    ce = {"image": [], "text": []}  # token by token, straight from the model's logits
+    for t, m, lp in zip(tokens, masked, log_p):
+        for i in np.flatnonzero(m):
+            ce["image" if i < 16 else "text"].append(-lp[i, t[i]])
+    figures = evaluate.validation_loss(model, rows, batch=16)  # 40 rows: the last batch is padded
+    assert figures["val_image_loss"] == pytest.approx(np.mean(ce["image"]), rel=1e-5)
+    assert figures["val_text_loss"] == pytest.approx(np.mean(ce["text"]), rel=1e-5)
+
+
+def test_the_nearest_pictures_reader_reads_held_out_pictures_above_chance(shipped, tmp_path):
+    import shards
+    from PIL import Image
+    _, _, vq = shipped
+    images, _, labels = shapes.examples(160, seed=5)
+    (tmp_path / "pairs").mkdir()
+    for i, (image, label) in enumerate(zip(images, labels)):  # a small folder captioned with the place alone
+        Image.fromarray(image).save(tmp_path / "pairs" / f"{i:03d}.png")
+        (tmp_path / "pairs" / f"{i:03d}.txt").write_text(f"a shape in the {shapes.POSITIONS[label[3]]}")
+    shards.tokenise(str(tmp_path / "pairs"), SHIPPED / "vqgan.eqx", tmp_path / "shards",
+                    shards.ShardsConfig(held_out=0.25, chunk=32), log=lambda line: None)
+    rows, references = (shards.held_out_rows(tmp_path / "shards", 1000, training) for training in (False, True))
+    assert len(rows) > 20 and len(rows) + len(references) == 160
+    held = [i for i in range(160) if shards.is_held_out(f"{i:03d}.png", 0.25)]
+    wrong = labels[held] + [0, 0, 0, 1]  # drawings in the next place: a drawer that gets the place wrong
+    wrong[:, 3] %= 5
+    drawn = vqgan.encode_images(vq, np.stack([shapes.render(label, np.random.default_rng(0)) for label in wrong]))
+    figures = evaluate.read_by_nearest(vq, drawn, rows, references)
+    assert figures["nearest pictures: held-out pictures"] >= 0.8 > 0.4 >= figures["nearest pictures: random pictures"]
+    assert figures["text->image read by nearest pictures"] < 0.2
+
+
+def test_zero_shot_gives_each_picture_the_one_caption_that_fits_it(shipped):
+    model, tokenizer, vq = shipped
+    descriptions = [(shape, colour, size, 0) for shape in range(3) for colour in (0, 4) for size in range(2)]  # 12
+    pictures = [shapes.render(d, np.random.default_rng(i)) for i, d in enumerate(descriptions * 2)]
+    captions = np.stack([tokenizer.encode(shapes.canonical_caption(d)) for d in descriptions * 2])
+    rows = np.concatenate([vqgan.encode_images(vq, np.stack(pictures)), captions], axis=1)
+    figures = evaluate.zero_shot(model, tokenizer, rows[:12], rows[12:])
+    assert figures == {"zero-shot": 1.0, "zero-shot chance": 1 / 12, "candidates": 12}
+    many = np.concatenate([rows[12:]] * 9)
+    many[:, -1] = np.arange(len(many))  # 108 different captions: no small set to choose from
+    assert evaluate.zero_shot(model, tokenizer, rows[:12], many) == {}

@@ -308,15 +308,21 @@ def test_a_folder_run_reports_its_held_out_pairs_which_no_step_trained_on(tmp_pa
     captions = write_pairs(tmp_path / "pairs", 70)  # pictures 62 and 66 are in the held-out slice
     held = [i for i in range(70) if shards.is_held_out(f"{tmp_path}/pairs/{i}.png")]
     assert held == [62, 66]
-    finish_train(start_train(tmp_path / "run", tiny_vqgan, "--images", str(tmp_path / "pairs"), "--steps", "2",
+    finish_train(start_train(tmp_path / "run", tiny_vqgan, "--images", str(tmp_path / "pairs"), "--steps", "6",
                              "--samples", "2"))
     log = (tmp_path / "run" / "train.log").read_text()
     assert "68 pictures in 1 shard(s), 2 held out" in log and "draws from 68 pictures" in log
-    assert "held-out pairs (2): image->text" in log
+    steps = [line for line in log.splitlines() if "] step " in line]
+    assert len(steps) == 2 and all("val_image_loss" in line and "val_text_loss" in line for line in steps)  # 5, 6
+    assert "held-out pairs (2, " in log and "image->text: " in log and "read as their prompt" in log
     assert f"samples.png shows, left to right: {captions[62]}; {captions[66]}" in log  # drawn from held-out captions
     figures = evaluate.main(["--ckpt", str(tmp_path / "run"), "--steps", "2"])["held out"]
     assert figures["pairs"] == 2 and all(0 <= figures[k] <= 1 for k in (
-        "image->text exact", "image->text words", "text->image captioned back"))
+        "image->text exact", "image->text words", "text->image captioned back", "text->image read by nearest pictures",
+        "nearest pictures: held-out pictures", "nearest pictures: random pictures", "zero-shot"))
+    import probe
+    figures = probe.main(["--ckpt", str(tmp_path / "run"), "--held-out", "--epochs", "1"])  # its captions: classes
+    assert figures["pairs"] == 2 and figures["candidates"] == len(set(captions)) and 0 <= figures["linear probe"] <= 1
 
 
 def test_a_folder_of_user_pictures_never_gets_the_shapes_tokenizer(tmp_path, tiny_vqgan, monkeypatch):
