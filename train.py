@@ -51,6 +51,10 @@ class TrainConfig:
     warmup: int = 50                  # linear warmup steps
     weight_decay: float = 0.05        # AdamW decay of weight matrices and embeddings (not of biases, norm scales)
     clip: float = 1.0                 # global gradient-norm clip
+    accum: int = 1                    # micro-batches per step, their gradients summed: the same step in 1/accum the
+    #                                   activation memory (the paper's batch 4096 on fewer devices)
+    remat: bool = False               # recompute each block's activations in the backward pass: less memory, ~1/3
+    #                                   more FLOPs. A training choice, not the model's: upgen.eqx never records it
     seed: int = 0                     # model init, masks and batch order all follow from it
 
     def __post_init__(self):
@@ -60,7 +64,8 @@ class TrainConfig:
             ("text", not self.text or self.mix[2] > 0, "needs a text-only share in --mix, e.g. --mix 0.7 0.15 0.15"),
             ("steps", self.steps >= 0, "must be at least 0 (0 fills the time budget)"), ("lr", self.lr > 0, "must be "
              "positive"), ("warmup", self.warmup >= 1, "must be at least 1"), ("clip", self.clip > 0, "must be > 0"),
-            ("weight_decay", self.weight_decay >= 0, "must be at least 0")])
+            ("weight_decay", self.weight_decay >= 0, "must be at least 0"), ("accum", self.accum >= 1, "must be at "
+             "least 1"), ("batch", self.batch % self.accum == 0, f"must be a multiple of --accum {self.accum}")])
 
 
 @dataclass(frozen=True)
@@ -125,18 +130,50 @@ def learning_rate(step: int, progress: float, tcfg: TrainConfig) -> float:
 
 
 @eqx.filter_jit(donate="all")
-def train_step(model, opt_state, tokens, kinds, lr, key, optimizer, mesh):
+def train_step(model, opt_state, tokens, kinds, lr, key, optimizer, mesh, accum=1, remat=False):
     """One step: tokens (B, L) and kinds (B,) sharded on 'data', lr a float32 scalar -> updated model and
-    state, loss, metrics."""
+    state, loss, metrics. accum: micro-batches the gradient is summed over; remat: see TrainConfig."""
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     model, opt_state = eqx.filter_shard((model, opt_state), replicated)
     tokens, kinds = eqx.filter_shard((tokens, kinds), sharded)
-    grad_fn = eqx.filter_value_and_grad(upgen.loss_fn, has_aux=True)
-    (loss, metrics), grads = grad_fn(model, tokens, kinds, key=key)  # XLA inserts the gradient all-reduce
+    (loss, metrics), grads = accumulated_grad(model, tokens, kinds, accum, remat, mesh, key=key)
     updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
     model = eqx.apply_updates(model, jax.tree.map(lambda u: -lr * u, updates))
     model, opt_state = eqx.filter_shard((model, opt_state), replicated)
     return model, opt_state, loss, metrics
+
+
+def accumulated_grad(model, tokens, kinds, accum, remat, mesh, *, key):
+    """upgen.loss_fn and its gradient on tokens (B, L), kinds (B,), computed on accum micro-batches of B / accum rows
+    in a lax.scan -> ((loss, metrics), grads), the same as on the whole batch up to float rounding.
+
+    The whole batch is masked first, so each row gets the mask it would get unsplit; each micro-batch's weighted
+    cross-entropy is divided by the whole batch's masked count, so the gradients add up to the whole batch's."""
+    if (tokens.shape[0] // accum) % mesh.size:
+        raise ValueError(f"--batch {tokens.shape[0]} over --accum {accum} micro-batches is {tokens.shape[0] // accum} "
+                         f"rows, which must be a multiple of the {mesh.size} devices")
+    cfg = model.cfg
+    inputs, masked = upgen.mask_tokens(tokens, kinds, cfg, key=key)  # (B, L), (B, L)
+    count = jnp.maximum(masked.sum(), 1)
+
+    def loss(model, batch):
+        inputs, tokens, masked, kinds = batch
+        logits = jax.vmap(lambda seq: model(seq, remat=remat))(inputs)  # (B / accum, L, V)
+        sums = upgen.masked_sums(logits, tokens, masked, kinds, cfg)
+        return sums["loss"] / count, sums
+
+    def add(grads, batch):
+        more, sums = eqx.filter_grad(loss, has_aux=True)(model, batch)
+        return jax.tree.map(jnp.add, grads, more), sums
+
+    # Row i goes to micro-batch i % accum: each device's rows split among the micro-batches, so every micro-batch
+    # is spread over all devices and none waits for rows from another device.
+    split = lambda x: jnp.swapaxes(x.reshape(-1, accum, *x.shape[1:]), 0, 1)  # noqa: E731  (accum, B / accum, ...)
+    batches = eqx.filter_shard(jax.tree.map(split, (inputs, tokens, masked, kinds)),
+                               NamedSharding(mesh, P(None, "data")))
+    zeros = jax.tree.map(jnp.zeros_like, eqx.filter(model, eqx.is_inexact_array))
+    grads, sums = jax.lax.scan(add, zeros, batches)  # sums: (accum,) each
+    return upgen.per_masked_token(jax.tree.map(lambda s: s.sum(0), sums)), grads
 
 
 @eqx.filter_jit
@@ -273,7 +310,8 @@ def train_loop(model, opt_state, step, tcfg, run, mcfg, tokenizer, corpus, budge
                                                                process=process))
         lr = learning_rate(step, progress(step, tcfg, clock), tcfg)
         model, opt_state, loss, metrics = train_step(model, opt_state, tokens, kinds, jnp.float32(lr),
-                                                     jax.random.fold_in(train_key, step), optimizer, mesh)
+                                                     jax.random.fold_in(train_key, step), optimizer, mesh,
+                                                     tcfg.accum, tcfg.remat)
         pending.append((loss, metrics))
         step += 1
         bar.update()
@@ -361,7 +399,9 @@ def parse(argv):
     data.flag(g, d, "steps", "total optimizer steps (default: fill --minutes; with --resume, the saved run's)")
     for name, help in [("batch", "global batch size (all devices, all hosts)"), ("lr", "peak learning rate"),
                        ("warmup", "linear warmup steps"), ("weight_decay", "AdamW weight decay of the matrices"),
-                       ("clip", "global gradient-norm clip"), ("seed", "seed of init, masks, batch order")]:
+                       ("clip", "global gradient-norm clip"), ("seed", "seed of init, masks, batch order"),
+                       ("accum", "micro-batches per step (gradient accumulation): --batch rows in 1/accum the memory"),
+                       ("remat", "recompute each block's activations in the backward pass: less memory, more FLOPs")]:
         data.flag(g, d, name, help)
     g = p.add_argument_group("run")
     data.flag(g, r, "out", "run folder: vqgan.eqx, shards/, shapes/, state_<step>.eqx, upgen.eqx, train.log")
