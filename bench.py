@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import functools
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -28,7 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+import data
 import sample
 import shards
 import train
@@ -146,16 +149,14 @@ def ratio(times, k=0, to=1):
 
 def time_steps(mcfg, n, rounds, repeats):
     """Our train step and the reference step at batch n, alternating -> (our model, seconds per step (2, rounds))."""
-    tcfg, mesh = train.TrainConfig(batch=n, steps=1), train.make_mesh()
-    optimizer = train.make_optimizer(tcfg)
-    model_state = train.replicate(train.init_state(mcfg, optimizer, key=jax.random.key(0)), mesh)
+    tcfg = train.TrainConfig(batch=n, steps=1)
+    trainer = train.make_trainer(tcfg)
+    model_state = train.replicate(train.init_state(mcfg, trainer.optimizer, key=jax.random.key(0)), trainer.mesh)
     tokens = np.random.default_rng(0).integers(mcfg.image_codes, size=(n, mcfg.seq_len)).astype(np.int32)
-    tokens, kinds = train.global_batch(mesh, tokens, np.zeros(n, np.int32))
+    tokens, kinds = train.global_batch(trainer.mesh, tokens, np.zeros(n, np.int32))
 
     def ours(state, i):
-        model, opt_state, *_ = train.train_step(*state, tokens, kinds, jnp.float32(tcfg.lr), jax.random.key(i),
-                                                optimizer, mesh)
-        return model, opt_state
+        return train.train_step(state, (tokens, kinds), jnp.float32(tcfg.lr), jax.random.key(i), trainer)[0]
 
     *ref_state, ref = reference_step(mcfg, tcfg)
     theirs = lambda state, i: ref(*state, tokens, jax.random.key(i))[:2]  # noqa: E731
@@ -226,8 +227,8 @@ def bench_shards(n, folder, vq_path, steps=50):
     tokenizer, *corpus = shards.open_shards(folder / "shards", vq_path)
     mcfg = shards.model_config(upgen.UPGenConfig(image_codes=1, text_vocab=1), vqgan.load_vqgan(vq_path).cfg,
                                tokenizer)
-    tcfg, mesh = train.TrainConfig(), train.make_mesh()
-    optimizer, counts = train.make_optimizer(tcfg), shards.kind_counts(tcfg.batch, tcfg.mix)
+    tcfg = train.TrainConfig()
+    trainer, counts = train.make_trainer(tcfg), shards.kind_counts(tcfg.batch, tcfg.mix)
     held = shards.local_batch(corpus, 0, counts, mcfg, seed=0)  # host arrays, built once
     seconds_loading = []
 
@@ -236,12 +237,12 @@ def bench_shards(n, folder, vq_path, steps=50):
             start = time.perf_counter()
             batch = shards.local_batch(corpus, i, counts, mcfg, seed=0) if fresh else held
             seconds_loading.extend([time.perf_counter() - start] if fresh else [])
-            tokens, kinds = train.global_batch(mesh, *batch)  # a new device copy each time: the step donates it
-            return train.train_step(*state, tokens, kinds, jnp.float32(tcfg.lr), jax.random.key(i), optimizer,
-                                    mesh)[:2]
+            batch = train.global_batch(trainer.mesh, *batch)  # a new device copy each time: the step donates it
+            return train.train_step(state, batch, jnp.float32(tcfg.lr), jax.random.key(i), trainer)[0]
         return step
 
-    states = [train.replicate(train.init_state(mcfg, optimizer, key=jax.random.key(0)), mesh) for _ in "ab"]
+    states = [train.replicate(train.init_state(mcfg, trainer.optimizer, key=jax.random.key(0)), trainer.mesh)
+              for _ in "ab"]
     _, times = alternate([stepper(True), stepper(False)], states, ROUNDS, max(1, steps // ROUNDS))
     from_shards, in_memory = np.median(times, axis=1)
     figures.update(step_from_shards_s=from_shards, step_in_memory_s=in_memory,
@@ -272,13 +273,139 @@ def bench_decode(ckpt, n, steps):
           f"{ROUNDS} rounds)")
 
 
+def bench_caption(n=2, steps=sample.DecodeConfig.steps):
+    """sample.write_text (image->text) against sample.generate (text->image, no guidance) at the paper's 256 image
+    + 64 text tokens, on a small random model (width 64, 2 blocks), batch n: the ratio of their times."""
+    mcfg = upgen.UPGenConfig(image_codes=1024, image_tokens=256, text_vocab=320, text_tokens=64, width=64, depth=2,
+                             mlp=256)
+    model, dcfg = upgen.UPGen(mcfg, key=jax.random.key(0)), sample.DecodeConfig(steps=steps)
+    pictures = jax.random.randint(jax.random.key(1), (n, mcfg.image_tokens), 0, mcfg.image_codes)
+    prompts = sample.inputs(mcfg, n, text=jnp.full(mcfg.text_tokens, 5).at[12:].set(0))  # 12 words, then PAD
+    prior = jnp.zeros(mcfg.text_tokens)  # any prior: write_text decodes CAPTION_LENGTHS lengths whatever it holds
+    draw = lambda state, i: sample.generate(model, prompts, dcfg, key=jax.random.key(i))  # noqa: E731
+    caption = lambda state, i: sample.write_text(model, pictures, prior, dcfg, key=jax.random.key(i))  # noqa: E731
+    _, times = alternate([draw, caption], [None, None], ROUNDS, 2)
+    drawing, captioning = np.median(times, axis=1)
+    print(f"256 + 64 tokens, batch {n}, {steps} steps: text->image {drawing:.2f} s, image->text {captioning:.2f} s "
+          f"({sample.CAPTION_LENGTHS} caption lengths), ratio {1 / ratio(times):.2f} (median of {ROUNDS} rounds)")
+    return 1 / ratio(times)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run costed ahead: train.train_step compiled from shapes alone, for the pod's rows per device
+
+PLAN_BATCH, PLAN_STEPS, PLAN_DEVICES_PAPER = 4096, 500_000, 512  # the paper's recipe: batch, steps, TPUv3 cores
+PLAN_DEVICES = 8  # fake CPU devices the plan compiles for, at the pod's rows per device: data parallel, the program
+#                   of each device is then the pod's (only the gradient all-reduce's group is smaller)
+
+
+def abstract_step(mcfg, tcfg):
+    """-> (step(state, tokens, kinds, lr, key), its arguments as shapes with shardings): train.train_step for
+    tcfg.batch rows over all devices, the parameters and optimizer state made by eqx.filter_eval_shape (no array)."""
+    trainer = train.make_trainer(tcfg)
+    mesh = trainer.mesh
+    state = eqx.filter_eval_shape(train.init_state, mcfg, trainer.optimizer, key=jax.random.key(0))
+    abstract, static = eqx.partition(state, lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    placed = lambda x, spec: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))  # noqa: E731
+    abstract = jax.tree.map(lambda x: placed(x, P()), abstract)
+    batch = jax.ShapeDtypeStruct((tcfg.batch, mcfg.seq_len), jnp.int32), jax.ShapeDtypeStruct((tcfg.batch,), jnp.int32)
+    scalars = jax.ShapeDtypeStruct((), jnp.float32), jax.eval_shape(lambda: jax.random.key(0))
+
+    def step(state, tokens, kinds, lr, key):  # the Python function under train_step's eqx.filter_jit
+        return train.train_step.__wrapped__(eqx.combine(state, static), (tokens, kinds), lr, key, trainer)
+    return step, (abstract, *(placed(x, P("data")) for x in batch), *scalars)
+
+
+def matmul_flops(jaxpr):
+    """FLOPs of the matmuls of a jaxpr, a scan's body counted once per iteration (XLA's cost analysis counts a loop
+    body once, so it undercounts the scanned blocks)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contracted, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contracted)
+        times = eqn.params["length"] if eqn.primitive.name == "scan" else 1
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple) else (value,):
+                if isinstance(sub, (jax.extend.core.ClosedJaxpr, jax.extend.core.Jaxpr)):
+                    total += times * matmul_flops(getattr(sub, "jaxpr", sub))
+    return total
+
+
+def plan(mcfg, tcfg, devices):
+    """train_step on `devices` devices, compiled on this process's fake CPU devices at the same rows per device
+    -> per-device figures: bytes of parameters, optimizer state and temporaries, and FLOPs of one step."""
+    rows = tcfg.batch // devices
+    step, args = abstract_step(mcfg, dataclasses.replace(tcfg, batch=rows * jax.device_count()))
+    compiled = jax.jit(step, donate_argnums=0).lower(*args).compile()  # donated, as train_step's
+    memory = compiled.memory_analysis()
+    size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
+    n_params = upgen.count_params(args[0][0])
+    return {"rows": rows, "params": size(args[0][0]), "optimizer": size(args[0][1]), "temporaries":
+            memory.temp_size_in_bytes, "total": memory.argument_size_in_bytes + memory.output_size_in_bytes
+            - memory.alias_size_in_bytes + memory.temp_size_in_bytes,
+            "flops": matmul_flops(jax.make_jaxpr(step)(*args).jaxpr) / jax.device_count(),
+            "model_flops": flops_per_token(mcfg, n_params) * rows * mcfg.seq_len, "n_params": n_params}
+
+
+def print_plan(mcfg, tcfg, devices, peak, mfu, steps):
+    """Prints plan()'s figures, and with a peak FLOP/s per device the step time at that MFU and the run's hours."""
+    start, f = time.perf_counter(), plan(mcfg, tcfg, devices)
+    gib = lambda b: f"{b / 2 ** 30:.2f} GiB"  # noqa: E731
+    print(f"{f['n_params'] / 1e6:.1f}M params, {mcfg.image_tokens} + {mcfg.text_tokens} tokens, batch {tcfg.batch} on "
+          f"{devices} devices: {f['rows']} rows per device in {tcfg.accum} micro-batch(es){', remat' * tcfg.remat}; "
+          f"compiled on {jax.device_count()} fake CPU devices at {f['rows']} rows each in "
+          f"{time.perf_counter() - start:.0f} s")
+    print(f"per device: parameters {gib(f['params'])}, optimizer state {gib(f['optimizer'])}, temporaries "
+          f"{gib(f['temporaries'])}; in all {gib(f['total'])} (XLA's CPU memory analysis)")
+    print(f"per device and step: {f['flops'] / 1e12:.2f} TFLOPs in the program's matmuls, "
+          f"{f['model_flops'] / 1e12:.2f} TFLOPs by the model's count (6 per parameter per token + attention)")
+    if peak:
+        seconds = f["model_flops"] / (peak * mfu)
+        print(f"at {mfu:.0%} MFU of {peak / 1e12:g} TFLOP/s per device: {seconds:.2f} s per step, "
+              f"{seconds * steps / 3600:.1f} h for {steps:,} steps")
+    return f
+
+
+def run_plan(args, argv):
+    """--plan: runs itself again with --plan-here in a process that fakes the devices (XLA reads its flags once)."""
+    mcfg = dataclasses.replace(upgen.VIT_L, **data.fields_of(upgen.UPGenConfig, args))
+    tcfg = train.TrainConfig(batch=args.batch or PLAN_BATCH, accum=args.accum, remat=args.remat)
+    fake = min(args.devices, PLAN_DEVICES)
+    if args.devices < 1 or tcfg.batch % args.devices or (tcfg.batch // args.devices) % tcfg.accum:
+        raise ValueError(f"--batch {tcfg.batch} must split into --devices {args.devices} x --accum {tcfg.accum} "
+                         f"equal micro-batches")
+    if args.plan_here:
+        if jax.device_count() != fake:
+            raise ValueError(f"--plan-here runs on {fake} CPU devices, this process has {jax.device_count()}")
+        return print_plan(mcfg, tcfg, args.devices, args.peak_flops, args.mfu, args.steps or PLAN_STEPS)
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={fake}"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    if subprocess.run([sys.executable, __file__, *argv, "--plan-here"], env=env).returncode:
+        raise ValueError("the plan's compilation failed (its error is above)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=train.TrainConfig.batch, help="train step: global batch size")
-    p.add_argument("--steps", type=int, default=0, help="timed steps per side (default: 20 of the train step, 50 "
-                                                        "with --shards)")
+    p.add_argument("--batch", type=int, help=f"train step: global batch size (default {train.TrainConfig.batch}; "
+                                             f"--plan: {PLAN_BATCH}, the paper's)")
+    p.add_argument("--steps", type=int, default=0, help="timed steps per side (default: 20 of the train step, 50 with "
+                                                        f"--shards); --plan: the run's steps (default {PLAN_STEPS:,})")
     p.add_argument("--peak-flops", type=float, default=0.0, help="peak FLOP/s of one device, for MFU (default: a "
                                                                  "measured matmul; e.g. 989e12 for an H100's bf16)")
+    p.add_argument("--caption", action="store_true", help="time image->text against text->image at 256 + 64 tokens")
+    g = p.add_argument_group("--plan: the train step compiled ahead for a pod, from shapes alone")
+    g.add_argument("--plan", action="store_true", help="per-device memory and FLOPs of the step, and the run's hours")
+    g.add_argument("--plan-here", action="store_true", help="what --plan runs in a subprocess with fake devices")
+    for name in ("width", "depth", "heads", "mlp", "image_tokens", "text_tokens", "image_codes", "text_vocab",
+                 "compute_dtype"):
+        data.flag(g, upgen.VIT_L, name, f"model {name.replace('_', ' ')} (default: the paper's ViT-L)")
+    data.flag(g, train.TrainConfig(), "accum", "micro-batches per step")
+    data.flag(g, train.TrainConfig(), "remat", "recompute each block's activations in the backward pass")
+    g.add_argument("--devices", type=int, default=PLAN_DEVICES_PAPER, help="data-parallel devices of the run "
+                   "(a TPUv3-512 pod: 512 TensorCores, 2 per chip, 16 GiB each)")
+    g.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilisation the step time assumes")
     p.add_argument("--shards", action="store_true", help="time and measure memory at --sizes shapes pictures, each "
                                                          "in its own process")
     p.add_argument("--sizes", type=int, nargs="+", default=(20_000, 200_000), help="pictures per --shards run")
@@ -288,7 +415,7 @@ def main(argv=None):
     p.add_argument("--grid", action="store_true", help="the train step against the reference over bench.GRID's shapes")
     p.add_argument("--decode", action="store_true", help="time the compiled decode against single forward passes")
     p.add_argument("--ckpt", default="checkpoints/shapes", help="--decode: folder holding upgen.eqx")
-    p.add_argument("--n", type=int, default=4, help="--decode: samples in the batch")
+    p.add_argument("--n", type=int, default=4, help="--decode, --caption: samples in the batch")
     p.add_argument("--decode-steps", type=int, default=sample.DecodeConfig.steps, help="--decode: decoding steps T")
     args = p.parse_args(argv)
     try:
@@ -305,8 +432,12 @@ def main(argv=None):
             bench_grid(ROUNDS, max(1, (args.steps or 10) // ROUNDS))
         elif args.decode:
             bench_decode(args.ckpt, args.n, args.decode_steps)
+        elif args.caption:
+            bench_caption(args.n)
+        elif args.plan or args.plan_here:
+            run_plan(args, argv if argv is not None else sys.argv[1:])
         else:
-            bench_train(args.batch, args.steps or 20, args.peak_flops)
+            bench_train(args.batch or train.TrainConfig.batch, args.steps or 20, args.peak_flops)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 

@@ -58,6 +58,10 @@ class TrainConfig:
     warmup: int = 50                  # linear warmup steps
     weight_decay: float = 0.05        # AdamW decay of weight matrices and embeddings (not of biases, norm scales)
     clip: float = 1.0                 # global gradient-norm clip
+    accum: int = 1                    # micro-batches per step, their gradients summed: the same step in 1/accum the
+    #                                   activation memory (the paper's batch 4096 on fewer devices)
+    remat: bool = False               # recompute each block's activations in the backward pass: less memory, ~1/3
+    #                                   more FLOPs. A training choice, not the model's: upgen.eqx never records it
     seed: int = 0                     # model init, masks and batch order all follow from it
 
     def __post_init__(self):
@@ -67,7 +71,8 @@ class TrainConfig:
             ("text", not self.text or self.mix[2] > 0, "needs a text-only share in --mix, e.g. --mix 0.7 0.15 0.15"),
             ("steps", self.steps >= 0, "must be at least 0 (0 fills the time budget)"), ("lr", self.lr > 0, "must be "
              "positive"), ("warmup", self.warmup >= 1, "must be at least 1"), ("clip", self.clip > 0, "must be > 0"),
-            ("weight_decay", self.weight_decay >= 0, "must be at least 0")])
+            ("weight_decay", self.weight_decay >= 0, "must be at least 0"), ("accum", self.accum >= 1, "must be at "
+             "least 1"), ("batch", self.batch % self.accum == 0, f"must be a multiple of --accum {self.accum}")])
 
 
 @dataclass(frozen=True)
@@ -146,20 +151,64 @@ def learning_rate(step: int, progress: float, tcfg: TrainConfig) -> float:
     return tcfg.lr * warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+class Trainer(NamedTuple):
+    """The step's fixed parts, static under jit: the optimizer, the mesh, micro-batches, rematerialisation."""
+    optimizer: optax.GradientTransformation
+    mesh: jax.sharding.Mesh
+    accum: int = 1
+    remat: bool = False
+
+
+def make_trainer(tcfg: TrainConfig) -> Trainer:
+    return Trainer(make_optimizer(tcfg), make_mesh(), tcfg.accum, tcfg.remat)
+
+
 @eqx.filter_jit(donate="all")
-def train_step(model, opt_state, tokens, kinds, lr, key, optimizer, mesh):
-    """One step: tokens (B, L) and kinds (B,) sharded on 'data', lr a float32 scalar -> updated model and
-    state, loss, metrics (accuracies and the gradient's norm before clipping)."""
-    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    model, opt_state = eqx.filter_shard((model, opt_state), replicated)
-    tokens, kinds = eqx.filter_shard((tokens, kinds), sharded)
-    grad_fn = eqx.filter_value_and_grad(upgen.loss_fn, has_aux=True)
-    (loss, metrics), grads = grad_fn(model, tokens, kinds, key=key)  # XLA inserts the gradient all-reduce
+def train_step(params, batch, lr, key, trainer: Trainer):
+    """One step: params = (model, opt_state), replicated; batch = (tokens (B, L), kinds (B,)) sharded on 'data'; lr a
+    float32 scalar -> (updated params, loss, metrics: accuracies and the gradient's norm before clipping)."""
+    replicated, sharded = NamedSharding(trainer.mesh, P()), NamedSharding(trainer.mesh, P("data"))
+    model, opt_state = eqx.filter_shard(params, replicated)
+    batch = eqx.filter_shard(batch, sharded)
+    (loss, metrics), grads = accumulated_grad(model, batch, trainer, key=key)  # XLA all-reduces the gradients
     metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}  # finite loss and gradients: the weights are too
-    updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    updates, opt_state = trainer.optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
     model = eqx.apply_updates(model, jax.tree.map(lambda u: -lr * u, updates))
-    model, opt_state = eqx.filter_shard((model, opt_state), replicated)
-    return model, opt_state, loss, metrics
+    return eqx.filter_shard((model, opt_state), replicated), loss, metrics
+
+
+def accumulated_grad(model, batch, trainer: Trainer, *, key):
+    """upgen.loss_fn and its gradient on batch = (tokens (B, L), kinds (B,)), computed on trainer.accum micro-batches
+    of B / accum rows in a lax.scan -> ((loss, metrics), grads), the same as on the whole batch up to float rounding.
+
+    The whole batch is masked first, so each row gets the mask it would get unsplit; each micro-batch's weighted
+    cross-entropy is divided by the whole batch's masked count, so the gradients add up to the whole batch's."""
+    (tokens, kinds), accum, mesh = batch, trainer.accum, trainer.mesh
+    if (tokens.shape[0] // accum) % mesh.size:
+        raise ValueError(f"--batch {tokens.shape[0]} over --accum {accum} micro-batches is {tokens.shape[0] // accum} "
+                         f"rows, which must be a multiple of the {mesh.size} devices")
+    cfg = model.cfg
+    inputs, masked = upgen.mask_tokens(tokens, kinds, cfg, key=key)  # (B, L), (B, L)
+    count = jnp.maximum(masked.sum(), 1)
+
+    def loss(model, batch):
+        inputs, tokens, masked, kinds = batch
+        logits = jax.vmap(lambda seq: model(seq, remat=trainer.remat))(inputs)  # (B / accum, L, V)
+        sums = upgen.masked_sums(logits, tokens, masked, kinds, cfg)
+        return sums["loss"] / count, sums
+
+    def add(grads, batch):
+        more, sums = eqx.filter_grad(loss, has_aux=True)(model, batch)
+        return jax.tree.map(jnp.add, grads, more), sums
+
+    # Row i goes to micro-batch i % accum: each device's rows split among the micro-batches, so every micro-batch
+    # is spread over all devices and none waits for rows from another device.
+    split = lambda x: jnp.swapaxes(x.reshape(-1, accum, *x.shape[1:]), 0, 1)  # noqa: E731  (accum, B / accum, ...)
+    batches = eqx.filter_shard(jax.tree.map(split, (inputs, tokens, masked, kinds)),
+                               NamedSharding(mesh, P(None, "data")))
+    zeros = jax.tree.map(jnp.zeros_like, eqx.filter(model, eqx.is_inexact_array))
+    grads, sums = jax.lax.scan(add, zeros, batches)  # sums: (accum,) each
+    return upgen.per_masked_token(jax.tree.map(lambda s: s.sum(0), sums)), grads
 
 
 @eqx.filter_jit
@@ -369,7 +418,7 @@ def train_loop(state: State, setup: Setup, budget: Budget, log) -> State:
     """Steps until the schedule's progress reaches 1, run.stop_after steps, or a stop signal; logs (with the validation
     loss) and saves on the way, every save after a check of the loss. A signal saves the step reached and exits."""
     tcfg, run, mcfg = setup.tcfg, setup.run, setup.mcfg
-    out, process, mesh, optimizer = Path(run.out), jax.process_index(), make_mesh(), make_optimizer(tcfg)
+    out, process, trainer = Path(run.out), jax.process_index(), make_trainer(tcfg)
     counts = shards.kind_counts(tcfg.batch // jax.process_count(), tcfg.mix)
     train_key = jax.random.split(jax.random.key(tcfg.seed))[1]
     stop = state.step + run.stop_after if run.stop_after else math.inf
@@ -382,11 +431,11 @@ def train_loop(state: State, setup: Setup, budget: Budget, log) -> State:
     pending, since, signalled = [], None, ""
     with stop_signals() as stopping:
         while progress(step, tcfg, clock) < 1 and step < stop and not signalled:
-            tokens, kinds = global_batch(mesh, *shards.local_batch(setup.corpus, step, counts, mcfg, seed=tcfg.seed,
+            batch = global_batch(trainer.mesh, *shards.local_batch(setup.corpus, step, counts, mcfg, seed=tcfg.seed,
                                                                    process=process))
             lr = learning_rate(step, progress(step, tcfg, clock), tcfg)
-            model, opt_state, loss, metrics = train_step(model, opt_state, tokens, kinds, jnp.float32(lr),
-                                                         jax.random.fold_in(train_key, step), optimizer, mesh)
+            (model, opt_state), loss, metrics = train_step((model, opt_state), batch, jnp.float32(lr),
+                                                           jax.random.fold_in(train_key, step), trainer)
             pending.append((loss, metrics))
             step += 1
             bar.update()
@@ -488,7 +537,9 @@ def parse(argv):
                              "run's)")
     for name, help in [("batch", "global batch size (all devices, all hosts)"), ("lr", "peak learning rate"),
                        ("warmup", "linear warmup steps"), ("weight_decay", "AdamW weight decay of the matrices"),
-                       ("clip", "global gradient-norm clip"), ("seed", "seed of init, masks, batch order")]:
+                       ("clip", "global gradient-norm clip"), ("seed", "seed of init, masks, batch order"),
+                       ("accum", "micro-batches per step (gradient accumulation): --batch rows in 1/accum the memory"),
+                       ("remat", "recompute each block's activations in the backward pass: less memory, more FLOPs")]:
         data.flag(g, d, name, help)
     g = p.add_argument_group("run")
     data.flag(g, r, "out", "run folder: vqgan.eqx, shards/, shapes/, state_<step>.eqx, upgen.eqx, train.log")
@@ -524,7 +575,8 @@ def parse(argv):
 # objective, the data, the batch, the seed) must equal the saved run's.
 INVOCATION = {"out", "resume", "minutes", "stop_after", "tpu", "distributed", "coordinator", "processes",
               "process_id"}
-MAY_CHANGE = {"steps", "keep", "save_every", "log_every", "samples", "lr", "warmup", "weight_decay", "clip"}
+MAY_CHANGE = {"steps", "keep", "save_every", "log_every", "samples", "lr", "warmup", "weight_decay", "clip", "accum",
+              "remat"}
 
 
 def resumed(values: dict, given: set, header: dict) -> dict:

@@ -151,9 +151,36 @@ class CaptionOracle(eqx.Module):
 
 def test_caption_length_is_the_one_that_is_likely_and_tells_the_whole_picture():
     picture = jnp.full((2, TINY.image_tokens), 5)
-    ids = sample.write_text(CaptionOracle(TINY), picture, sample.length_prior(TOKENIZER), sample.DecodeConfig(steps=4),
+    lengths = dataclasses.replace(TOKENIZER, caption_lengths=(0, 6, 0, 3, 1, 2))  # 2 words likelier than 4 or 6
+    ids = sample.write_text(CaptionOracle(TINY), picture, sample.length_prior(lengths), sample.DecodeConfig(steps=4),
                             key=jax.random.key(9))
     assert [TOKENIZER.decode(row) for row in ids] == ["a large red circle"] * 2
+
+
+class Counting(eqx.Module):
+    """A model that counts the sequences it runs on (one call per sequence, also inside vmap)."""
+    model: upgen.UPGen
+    calls: list = eqx.field(static=True)
+
+    @property
+    def cfg(self):
+        return self.model.cfg
+
+    def __call__(self, tokens):
+        jax.debug.callback(lambda _: self.calls.append(1), tokens)
+        return self.model(tokens)
+
+
+def test_captioning_costs_at_most_four_text_to_image_decodes_whatever_the_caption_length(tiny_model):
+    dcfg, spread = sample.DecodeConfig(steps=12), dataclasses.replace(TOKENIZER, caption_lengths=(1,) * 6)
+    drawing, captioning = Counting(tiny_model, []), Counting(tiny_model, [])
+    sample.generate(drawing, sample.inputs(TINY, 2, text=TOKENIZER.encode("a large red")), dcfg,
+                    key=jax.random.key(0)).block_until_ready()
+    picture = jnp.zeros((2, TINY.image_tokens), jnp.int32)
+    prior = sample.length_prior(spread)
+    sample.write_text(captioning, picture, prior, dcfg, key=jax.random.key(0)).block_until_ready()
+    assert len(drawing.calls) == 2 * dcfg.steps  # one pass per step per picture
+    assert len(captioning.calls) <= 4 * len(drawing.calls)  # a decode of every length 1..6 was 7x
 
 
 def test_captions_only_take_lengths_that_training_captions_had():

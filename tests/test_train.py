@@ -24,8 +24,9 @@ STEPS, HOSTS = 3, 2  # the workers' data always comes from 2 data hosts, whoever
 TINY_MODEL = ["--width", "32", "--depth", "1", "--heads", "2", "--mlp", "64", "--text-tokens", "16"]
 
 
-def worker(out, devices, processes, process, port, vq_path, tars):
-    """Trains a tiny UPGen 3 steps from token shards of 4 .tar files and saves its parameters and losses to out.
+def worker(out, devices, processes, process, port, vq_path, tars, accum):
+    """Trains a tiny UPGen 3 steps from token shards of 4 .tar files and saves its parameters and losses to out;
+    each step's gradient summed over accum micro-batches.
 
     The global batch is the same in every set-up: data host h of HOSTS tokenises its own .tar files (h, h + 2)
     into a folder of its own, reads only those shards and draws its rows with shards.local_batch; a process
@@ -52,18 +53,18 @@ def worker(out, devices, processes, process, port, vq_path, tars):
     # 10 text tokens: every shapes caption fits, the 8-word ones end in PAD, which must not count
     cfg = upgen.UPGenConfig(image_codes=16, image_tokens=16, text_vocab=tokenizer.vocab_size, text_tokens=10,
                             width=16, depth=2, heads=2, mlp=32)
-    tcfg = train.TrainConfig(batch=16, lr=1e-2, warmup=1, steps=10)
+    tcfg = train.TrainConfig(batch=32, lr=1e-2, warmup=1, steps=10, accum=accum)
     counts = shards.kind_counts(tcfg.batch // HOSTS, tcfg.mix)
 
-    mesh, optimizer = train.make_mesh(), train.make_optimizer(tcfg)
-    model, opt_state = train.replicate(train.init_state(cfg, optimizer, key=jax.random.key(1)), mesh)
+    trainer = train.make_trainer(tcfg)
+    params = train.replicate(train.init_state(cfg, trainer.optimizer, key=jax.random.key(1)), trainer.mesh)
     losses = []
     for step in range(STEPS):
         rows = [shards.local_batch(corpus, step, counts, cfg, seed=0, process=h) for h, corpus in zip(mine, corpora)]
-        tokens, kinds = train.global_batch(mesh, *(np.concatenate(x) for x in zip(*rows)))
-        model, opt_state, loss, _ = train.train_step(model, opt_state, tokens, kinds, jnp.float32(1e-2),
-                                                     jax.random.key(step), optimizer, mesh)
+        batch = train.global_batch(trainer.mesh, *(np.concatenate(x) for x in zip(*rows)))
+        params, loss, _ = train.train_step(params, batch, jnp.float32(1e-2), jax.random.key(step), trainer)
         losses.append(float(loss))
+    model = params[0]
     # The key bias shifts every score of a query equally, which softmax ignores: its true gradient is 0,
     # so it holds only float noise, which Adam scales up to +-lr steps. Leave it out of the comparison.
     w = cfg.width
@@ -73,16 +74,16 @@ def worker(out, devices, processes, process, port, vq_path, tars):
         np.savez(out, losses=np.array(losses), *leaves)
 
 
-def start_workers(tmp_path, devices, processes, vq_path, tars):
+def start_workers(tmp_path, devices, processes, vq_path, tars, accum=1):
     """Starts the workers of one set-up (they run alongside other set-ups); returns what finish needs."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    out = tmp_path / f"{devices}x{processes}.npz"
+    out = tmp_path / f"{devices}x{processes}x{accum}.npz"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     source = ",".join(map(str, tars))
     procs = [subprocess.Popen([sys.executable, __file__, str(out), str(devices), str(processes), str(i), str(port),
-                               vq_path, source], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               vq_path, source, str(accum)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for i in range(processes)]
     return out, procs
 
@@ -110,6 +111,16 @@ def test_eight_devices_train_exactly_like_one(tmp_path, tiny_vqgan_16, shapes_ta
     one, eight = finish(one), finish(eight)
     assert_same_training(one, eight)
     assert one[0][-1] < one[0][0]  # it did learn something: the comparison is not of untouched weights
+
+
+def test_a_step_on_four_micro_batches_is_the_step_on_the_whole_batch_on_one_or_eight_devices(tmp_path, tiny_vqgan_16,
+                                                                                            shapes_tars):
+    whole = start_workers(tmp_path, 1, 1, tiny_vqgan_16, shapes_tars)
+    one = start_workers(tmp_path, 1, 1, tiny_vqgan_16, shapes_tars, accum=4)
+    eight = start_workers(tmp_path, 8, 1, tiny_vqgan_16, shapes_tars, accum=4)
+    whole = finish(whole)
+    assert_same_training(whole, finish(one))
+    assert_same_training(whole, finish(eight))
 
 
 def test_two_hosts_reading_only_their_own_shards_train_exactly_like_one_host(tmp_path, tiny_vqgan_16, shapes_tars):
@@ -234,18 +245,18 @@ def test_two_processes_joined_by_the_command_line_train_like_one(tmp_path, tiny_
     assert "1 devices" not in (tmp_path / "run" / "train.log").read_text()
     # One process computing the same steps from the same global batches: host 0's rows, then host 1's.
     saved = train.load_state(tmp_path / "run" / "state_3.eqx")
-    tcfg, mcfg, optimizer, mesh = saved.tcfg, saved.mcfg, train.make_optimizer(saved.tcfg), train.make_mesh()
+    tcfg, mcfg, trainer = saved.tcfg, saved.mcfg, train.make_trainer(saved.tcfg)
     corpora = [shards.open_shards(tmp_path / "run" / "shards", tiny_vqgan_16, p, 2)[1:] for p in (0, 1)]
     counts = shards.kind_counts(tcfg.batch // 2, tcfg.mix)
-    model, opt_state = train.init_state(mcfg, optimizer, key=jax.random.split(jax.random.key(tcfg.seed))[0])
+    params = train.init_state(mcfg, trainer.optimizer, key=jax.random.split(jax.random.key(tcfg.seed))[0])
     for step in range(3):
         rows = [shards.local_batch(c, step, counts, mcfg, seed=tcfg.seed, process=p) for p, c in enumerate(corpora)]
-        tokens, kinds = train.global_batch(mesh, *(np.concatenate(x) for x in zip(*rows)))
+        batch = train.global_batch(trainer.mesh, *(np.concatenate(x) for x in zip(*rows)))
         lr = jnp.float32(train.learning_rate(step, train.progress(step, tcfg, 0.0), tcfg))
         key = jax.random.fold_in(jax.random.split(jax.random.key(tcfg.seed))[1], step)
-        model, opt_state, *_ = train.train_step(model, opt_state, tokens, kinds, lr, key, optimizer, mesh)
+        params, *_ = train.train_step(params, batch, lr, key, trainer)
     two, _ = upgen.load_upgen(tmp_path / "run" / "upgen.eqx")
-    for x, y in zip(jax.tree.leaves(eqx_arrays(two)), jax.tree.leaves(eqx_arrays(model)), strict=True):
+    for x, y in zip(jax.tree.leaves(eqx_arrays(two)), jax.tree.leaves(eqx_arrays(params[0])), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
@@ -422,5 +433,5 @@ def test_the_learning_rate_warms_up_in_steps_then_decays_to_a_tenth_as_progress_
 
 
 if __name__ == "__main__":
-    out, devices, processes, process, port, vq_path, tars = sys.argv[1:]
-    worker(out, int(devices), int(processes), int(process), int(port), vq_path, tars)
+    out, devices, processes, process, port, vq_path, tars, accum = sys.argv[1:]
+    worker(out, int(devices), int(processes), int(process), int(port), vq_path, tars, int(accum))

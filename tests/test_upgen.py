@@ -187,3 +187,20 @@ def test_vit_large_builds_abstractly_with_about_300m_transformer_parameters():
     assert 295e6 < blocks < 310e6  # ViT-L: 24 blocks of 12.6M
     assert upgen.count_params(model) > blocks
     assert model.blocks.fc1.weight.shape == (24, 4096, 1024)
+
+
+def test_recomputing_each_blocks_activations_in_the_backward_pass_gives_the_same_loss_and_gradients():
+    model = upgen.UPGen(TINY, key=jax.random.key(8))
+    tokens, kinds = random_sequences(TINY, [PAIRED, IMAGE_ONLY, TEXT_ONLY, PAIRED], [3, 6, 5, 6])
+    inputs, masked = upgen.mask_tokens(tokens, kinds, TINY, key=jax.random.key(9))
+
+    def loss(model, remat):
+        logits = jax.vmap(lambda seq: model(seq, remat=remat))(inputs)
+        return upgen.masked_loss(logits, tokens, masked, kinds, TINY)[0]
+
+    kept, recomputed = (eqx.filter_jit(eqx.filter_value_and_grad(loss))(model, remat) for remat in (False, True))
+    np.testing.assert_allclose(kept[0], recomputed[0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(kept[1]), jax.tree.leaves(recomputed[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    program = str(jax.make_jaxpr(lambda m: eqx.filter_grad(loss)(m, True))(model))
+    assert "remat" in program or "checkpoint" in program  # the blocks' forward pass is run again in the backward
