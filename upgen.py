@@ -209,8 +209,7 @@ class UPGen(eqx.Module):
         embed_key, modality_key, blocks_key, head_key = jax.random.split(key, 4)
         self.embed = eqx.nn.Embedding(cfg.vocab_size, cfg.width, key=embed_key)
         self.modality = jax.random.normal(modality_key, (2, cfg.width))
-        # Stacked blocks: one set of arrays with a leading `depth` axis, so the compiled program holds
-        # one block whatever the depth (ViT-L compiles as fast as the laptop model).
+        # Stacked blocks: one set of arrays with a leading `depth` axis (one entry per kind of array in a checkpoint).
         block_keys = jax.random.split(blocks_key, cfg.depth)
         self.blocks = eqx.filter_vmap(lambda k: Block(cfg, key=k))(block_keys)
         self.norm = eqx.nn.LayerNorm(cfg.width)
@@ -233,11 +232,11 @@ class UPGen(eqx.Module):
             x = eqx.combine(block_arrays, static)(x, real, dtype)
             return x, x
 
-        if remat:  # inside a scan, common subexpressions cannot leak across the recompute: no need to prevent them
-            step = jax.checkpoint(step, prevent_cse=False)
-        # Two blocks per loop iteration: on a CPU a small model's step is 10-15% faster than one (bench.py), and
-        # the compiled program still holds two blocks whatever the depth.
-        x, hiddens = jax.lax.scan(step, x, arrays, unroll=2)                # (L, D), (depth, L, D)
+        if remat:  # recompute each block in the backward pass; the blocks are unrolled, so keep XLA from merging the
+            step = jax.checkpoint(step)  # recomputation back into the forward pass (prevent_cse stays on)
+        # Unrolled: a loop's backward pass stacks every block's activations and gradients into loop buffers and
+        # slices them out again, about twice the memory traffic of a plain step (docs/experiments.md, 2026-12-03).
+        x, hiddens = jax.lax.scan(step, x, arrays, unroll=True)             # (L, D), (depth, L, D)
         logits = dense(self.head, jax.vmap(self.norm)(x), dtype)            # (L, V) float32
         return (logits, hiddens) if hidden else logits
 
