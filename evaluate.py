@@ -36,7 +36,8 @@ import vqgan
 # ---------------------------------------------------------------------------------------------------
 # The validation loss, which train.py logs through a run: the masked-token loss of held-out pairs
 
-VALIDATION_PAIRS = 256  # held-out pairs it reads at most (~1 s on 2 cores, a few % of 50 steps)
+VALIDATION_PAIRS = 128  # held-out pairs it reads at most: as many forward passes as 4 batches of 32, or the compute
+#                        of ~1.3 training steps (3 passes each), ~3% of train.py's 50 steps between log lines
 VALIDATION_RATIOS = (0.25, 0.5, 0.75, 1.0)  # shares of a picture's tokens, and of a caption's, hidden in turn
 VALIDATION_SEED = 20261203  # the same tokens hidden at every call, so the points of a run compare
 
@@ -69,7 +70,7 @@ def masked_token_losses(model, batch):
     return jnp.stack([x for part in parts for x in ((ce * part).sum(-1), part.sum(-1))], axis=-1)
 
 
-def validation_loss(model, rows, batch=64):
+def validation_loss(model, rows, batch=VALIDATION_PAIRS):
     """The mean cross-entropy (nats) of the masked image tokens and of the masked caption tokens of held-out pairs
     rows (n, Ni + Nt) under validation_masks -> {"val_image_loss": ..., "val_text_loss": ...}."""
     tokens, masked = validation_masks(rows, model.cfg)
