@@ -33,6 +33,7 @@ import shards
 import train
 import upgen
 import vqgan
+import vqgan_train
 
 ROUNDS = 5  # alternating rounds of each side of a comparison; the median of them is printed
 
@@ -259,7 +260,7 @@ def main(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=(20_000, 200_000), help="pictures per --shards run")
     p.add_argument("--shards-one", type=int, default=0, help="what --shards runs in a subprocess: one size, in --out")
     p.add_argument("--out", default="", help="--shards-one's folder")
-    p.add_argument("--vqgan", default=str(shards.SHAPES_VQGAN), help="--shards: the image tokenizer")
+    p.add_argument("--vqgan", default=str(vqgan_train.SHAPES_VQGAN), help="--shards: the image tokenizer")
     p.add_argument("--decode", action="store_true", help="time the compiled decode against single forward passes")
     p.add_argument("--ckpt", default="checkpoints/shapes", help="--decode: folder holding upgen.eqx")
     p.add_argument("--n", type=int, default=4, help="--decode: samples in the batch")

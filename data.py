@@ -7,6 +7,7 @@ The built-in shapes world lives in shapes.py. Read next: vqgan.py (pictures -> t
 import dataclasses
 import errno
 import functools
+import glob
 import io
 import itertools
 import json
@@ -14,6 +15,7 @@ import os
 import re
 import socket
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +27,12 @@ from PIL import Image
 from tqdm import tqdm
 
 # ----------------------------------------------------------------------------------------------
-# Image-text files on disk, streamed one pair at a time (shards.py tokenises them into shards)
+# Image-text files on disk, streamed one pair at a time (shards.py tokenises them into shards; vqgan_train.py
+# trains a run's tokenizer on a sample of them)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 MIN_SIDE = 16  # smaller pictures (1x1 tracking pixels, icons) would be upscaled into a blur: not worth learning
+HELD_OUT = 1 / 32  # share of pairs no tokenizer and no step trains on (a hash of their names), for held-out figures
 
 
 def load_image(file, size):
@@ -90,6 +94,71 @@ def folder_pairs(paths, pictures=True):
         text = path.with_suffix(".txt")
         caption, why = _caption(text.read_bytes()) if text.exists() else (None, "no caption")
         yield str(path), path if pictures and not why else None, caption, why
+
+
+def expand(pattern):
+    """Brace ranges as WebDataset writes them: 'a/{000..002}.tar' -> ['a/000.tar', 'a/001.tar', 'a/002.tar']."""
+    m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    if not m:
+        return [pattern]
+    head, tail, first = pattern[:m.start()], pattern[m.end():], m.group(1)
+    return [p for i in range(int(first), int(m.group(2)) + 1) for p in expand(f"{head}{i:0{len(first)}d}{tail}")]
+
+
+def input_files(source, shard_size):
+    """source: a folder, a .tar, or comma-separated .tar globs / brace patterns -> its input files, in order:
+    ("tar", path) per .tar, or ("folder", paths) per shard_size pictures of a folder."""
+    paths = []
+    for pattern in (p for part in source.split(",") if part for p in expand(part)):
+        found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern] * os.path.exists(pattern)
+        if not found:
+            raise FileNotFoundError(f"no data at {pattern}: give a folder of pictures with .txt captions, .tar "
+                                    "shards, or a pattern such as 'dump/{00000..00099}.tar'")
+        paths += [Path(p) for p in found]
+    if len(paths) == 1 and paths[0].is_dir():
+        tars, pictures = sorted(paths[0].rglob("*.tar")), picture_files(paths[0])
+        if tars:
+            return [("tar", t) for t in tars]
+        if not pictures:
+            raise ValueError(f"no pictures or .tar shards in {paths[0]}")
+        return [("folder", pictures[i:i + shard_size]) for i in range(0, len(pictures), shard_size)]
+    return [("tar", p) for p in paths]
+
+
+def pairs(file, pictures=True):
+    """The (name, picture, caption, why) of every pair of an input file of input_files, in order."""
+    kind, path = file
+    return tar_pairs(path, pictures) if kind == "tar" else folder_pairs(path, pictures)
+
+
+def describe(file):
+    kind, path = file
+    return str(path) if kind == "tar" else f"{path[0]} .. {path[-1]} ({len(path)} pictures)"
+
+
+def is_held_out(name, share=HELD_OUT):
+    """Whether a pair is in the held-out slice: a hash of its key (a .tar member's, or a picture's file name
+    without folder and suffix), so every host, run and copy of the data agrees, and the slice is spread over it."""
+    key = name.rsplit(":", 1)[1] if ":" in name else Path(name).stem  # tar_pairs names pairs "path:key"
+    return zlib.crc32(key.encode()) < share * 2 ** 32
+
+
+def decode_pair(name, picture, caption, why, size):
+    """One pair -> (picture uint8 (size, size, 3), caption, "") or (None, None, "name: why") to skip it."""
+    if why:
+        return None, None, f"{name}: {why}"
+    try:
+        return load_image(picture, size), caption, ""
+    except ValueError as e:
+        return None, None, f"{name}: {e}"
+
+
+def no_pairs_error(source, skipped):
+    """The one-line error for a source none of whose pictures can be used, from the reasons they were skipped."""
+    if skipped and all(why.endswith(": no caption") for why in skipped):
+        return ValueError(f"no picture in {source} has a caption: pictures need a caption file a.txt beside a.jpg")
+    return ValueError(f"no readable image-caption pairs in {source}: {len(skipped)} pictures could not be read"
+                      + (f" (first: {skipped[0]})" if skipped else ""))
 
 
 def text_lines(path):

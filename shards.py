@@ -11,26 +11,21 @@ written under a temporary name, renamed when complete and then listed in the pro
 source, the VQGAN file's sha256, the vocabulary, each shard's examples, caption lengths and skipped files):
 a killed run restarts at the first shard not listed and writes the same bytes.
 
-train.py calls the last part of this file: the run's image tokenizer (image_tokenizer), its shards
-(load_corpus) and each step's batch drawn from them (local_batch). Read next: train.py.
+train.py calls the last part of this file with the image tokenizer vqgan_train.image_tokenizer chose: the run's
+shards (load_corpus) and each step's batch drawn from them (local_batch). Read next: train.py.
 """
 import argparse
 import dataclasses
-import glob
 import hashlib
 import io
 import itertools
 import json
-import os
-import re
 import sys
 import tarfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import jax
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -39,7 +34,6 @@ import data
 import shapes
 import upgen
 import vqgan
-import vqgan_train
 
 
 @dataclass(frozen=True)
@@ -50,7 +44,7 @@ class ShardsConfig:
     vocab_lines: int = 100_000  # captions, then as many text lines, counted for the word vocabulary
     max_words: int = 8192  # words in the vocabulary (others are spelled in bytes)
     text_tokens: int = 16  # text ids per example
-    held_out: float = 1 / 32  # share of pairs kept out of all training (a hash of their names), for held-out figures
+    held_out: float = data.HELD_OUT  # share of pairs kept out of all training, for held-out figures
 
     def __post_init__(self):
         data.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
@@ -62,49 +56,10 @@ class ShardsConfig:
 # Input files
 
 
-def expand(pattern):
-    """Brace ranges as WebDataset writes them: 'a/{000..002}.tar' -> ['a/000.tar', 'a/001.tar', 'a/002.tar']."""
-    m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
-    if not m:
-        return [pattern]
-    head, tail, first = pattern[:m.start()], pattern[m.end():], m.group(1)
-    return [p for i in range(int(first), int(m.group(2)) + 1) for p in expand(f"{head}{i:0{len(first)}d}{tail}")]
-
-
-def input_files(source, shard_size):
-    """source: a folder, a .tar, or comma-separated .tar globs / brace patterns -> its input files, in order:
-    ("tar", path) per .tar, or ("folder", paths) per shard_size pictures of a folder."""
-    paths = []
-    for pattern in (p for part in source.split(",") if part for p in expand(part)):
-        found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern] * os.path.exists(pattern)
-        if not found:
-            raise FileNotFoundError(f"no data at {pattern}: give a folder of pictures with .txt captions, .tar "
-                                    "shards, or a pattern such as 'dump/{00000..00099}.tar'")
-        paths += [Path(p) for p in found]
-    if len(paths) == 1 and paths[0].is_dir():
-        tars, pictures = sorted(paths[0].rglob("*.tar")), data.picture_files(paths[0])
-        if tars:
-            return [("tar", t) for t in tars]
-        if not pictures:
-            raise ValueError(f"no pictures or .tar shards in {paths[0]}")
-        return [("folder", pictures[i:i + shard_size]) for i in range(0, len(pictures), shard_size)]
-    return [("tar", p) for p in paths]
-
-
-def pairs(file, pictures=True):
-    kind, path = file
-    return data.tar_pairs(path, pictures) if kind == "tar" else data.folder_pairs(path, pictures)
-
-
-def describe(file):
-    kind, path = file
-    return str(path) if kind == "tar" else f"{path[0]} .. {path[-1]} ({len(path)} pictures)"
-
-
 def vocabulary(files, text, cfg: ShardsConfig):
     """The word vocabulary of the first vocab_lines captions and text lines, read in input order (captions only, no
     pictures): every process counts the same words, so all agree without talking."""
-    captions = (caption for f in files for _, _, caption, why in pairs(f, pictures=False) if not why)
+    captions = (caption for f in files for _, _, caption, why in data.pairs(f, pictures=False) if not why)
     lines = data.text_lines(text) if text else ()
     texts = itertools.chain(itertools.islice(captions, cfg.vocab_lines), itertools.islice(lines, cfg.vocab_lines))
     return data.build_tokenizer(texts, cfg.text_tokens, cfg.max_words)
@@ -146,27 +101,10 @@ def file_hash(path):
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def is_held_out(name, share=ShardsConfig.held_out):
-    """Whether a pair is in the held-out slice: a hash of its key (a .tar member's, or a picture's file name
-    without folder and suffix), so every host, run and copy of the data agrees, and the slice is spread over it."""
-    key = name.rsplit(":", 1)[1] if ":" in name else Path(name).stem  # tar_pairs names pairs "path:key"
-    return zlib.crc32(key.encode()) < share * 2 ** 32
-
-
-def decode_pair(name, picture, caption, why, size):
-    """One pair -> (picture uint8 (size, size, 3), caption, "") or (None, None, "name: why") to skip it."""
-    if why:
-        return None, None, f"{name}: {why}"
-    try:
-        return data.load_image(picture, size), caption, ""
-    except ValueError as e:
-        return None, None, f"{name}: {e}"
-
-
 def decoded_chunks(pairs, size, chunk, pool):
     """Lists of chunk decoded pairs; the next chunk decodes in the pool's threads while the caller encodes this one."""
     def submit():  # reads the chunk's bytes here, decodes them in the pool
-        return [(pair[0], pool.submit(decode_pair, *pair, size)) for pair in itertools.islice(pairs, chunk)]
+        return [(pair[0], pool.submit(data.decode_pair, *pair, size)) for pair in itertools.islice(pairs, chunk)]
     pending = submit()
     while pending:
         following = submit()
@@ -179,7 +117,7 @@ def encode_file(vq, tokenizer, file, cfg: ShardsConfig, pool, bar):
     the held-out rows, the same; caption-length counts (length,) of 1..length tokens of the training rows; skipped
     "name: why" strings)."""
     rows, held, skipped = [], [], []
-    for chunk in decoded_chunks(pairs(file), vq.cfg.image_size, cfg.chunk, pool):
+    for chunk in decoded_chunks(data.pairs(file), vq.cfg.image_size, cfg.chunk, pool):
         skipped += [why for _, _, _, why in chunk if why]
         good = [(name, picture, caption) for name, picture, caption, why in chunk if not why]
         if not good:
@@ -189,12 +127,12 @@ def encode_file(vq, tokenizer, file, cfg: ShardsConfig, pool, bar):
         codes = vqgan.encode_images(vq, padded, batch=cfg.chunk)[:len(good)]  # (n, image_tokens)
         ids = np.stack([tokenizer.encode(caption) for _, _, caption in good])  # (n, text_tokens)
         chunk_rows = np.concatenate([codes, ids], axis=1).astype(np.uint16)
-        out = np.array([is_held_out(name, cfg.held_out) for name, _, _ in good])
+        out = np.array([data.is_held_out(name, cfg.held_out) for name, _, _ in good])
         rows.append(chunk_rows[~out])
         held.append(chunk_rows[out])
         bar.update(len(good))
     if not rows and not skipped:
-        skipped.append(f"{describe(file)}: no image-caption pairs")
+        skipped.append(f"{data.describe(file)}: no image-caption pairs")
     empty = np.zeros((0, vq.cfg.tokens_per_side ** 2 + cfg.text_tokens), np.uint16)
     rows, held = (np.concatenate(x) if x else empty for x in (rows, held))
     lengths = np.bincount((rows[:, -cfg.text_tokens:] != data.PAD).sum(1), minlength=cfg.text_tokens + 1)[1:]
@@ -233,7 +171,7 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
     if manifest and manifest["complete"]:
         log(f"token shards: {folder}, complete")
         return manifest
-    files = input_files(source, cfg.shard_size)
+    files = data.input_files(source, cfg.shard_size)
     if len(files) < processes:
         raise ValueError(f"{len(files)} input file(s) for {processes} processes: each process needs one of its own; "
                          "split the data into more .tar shards (or pictures into more folders of shard_size)")
@@ -257,7 +195,7 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
             rows, held, lengths, skipped = encode_file(vq, tokenizer, files[i], cfg, pool, bar)
             data.write_atomically(folder / f"held-out-{i:05d}.npy", lambda f: np.save(f, held))
             data.write_atomically(folder / f"images-{i:05d}.npy", lambda f: np.save(f, rows))
-            manifest["shards"].append({"file": f"images-{i:05d}.npy", "input": describe(files[i]),
+            manifest["shards"].append({"file": f"images-{i:05d}.npy", "input": data.describe(files[i]),
                                        "examples": len(rows), "held_out": len(held), "caption_lengths": lengths,
                                        "skipped": skipped})
             save_manifest(path, manifest)
@@ -295,7 +233,7 @@ def open_shards(folder, vq_path, process=0, processes=1):
                          "their codes; tokenise again into another folder")
     images = [np.load(Path(folder) / s["file"], mmap_mode="r") for s in manifest["shards"] if s["examples"]]
     if not images:
-        raise no_pairs_error(manifest["source"], [why for s in manifest["shards"] for why in s["skipped"]])
+        raise data.no_pairs_error(manifest["source"], [why for s in manifest["shards"] for why in s["skipped"]])
     texts = [np.load(Path(folder) / s["file"], mmap_mode="r") for s in manifest["text_shards"]]
     if manifest["text"] and not texts:
         raise ValueError(f"process {process} has no lines of {manifest['text']}: give more text or fewer processes")
@@ -313,66 +251,9 @@ def held_out_rows(folder, n):
 
 
 # ----------------------------------------------------------------------------------------------
-# The run's data: its image tokenizer, its shards, and each step's batch drawn from them
+# The run's data: its shards, and each step's batch drawn from them
 
-SHAPES_VQGAN = Path(__file__).parent / "checkpoints/shapes/vqgan.eqx"  # knows the shapes world's colours only
-USER_CODES = 32  # codes of a tokenizer trained on your pictures: over scanned digits 64 codes let a 10-minute run
-#                   caption 60% of held-out pictures right where 512 (the shapes tokenizer's) let it 14%
-USER_SHARE = 1 / 3  # of the run's budget for training that tokenizer; the rest is UPGen's
-TOKENIZER_PICTURES = 5000  # the sample of a user's pictures a tokenizer of their own trains on (~60 MB at 64x64)
 KINDS = (upgen.PAIRED, upgen.IMAGE_ONLY, upgen.TEXT_ONLY)
-
-
-def no_pairs_error(source, skipped):
-    """The one-line error for a source none of whose pictures can be used, from the reasons they were skipped."""
-    if skipped and all(why.endswith(": no caption") for why in skipped):
-        return ValueError(f"no picture in {source} has a caption: pictures need a caption file a.txt beside a.jpg")
-    return ValueError(f"no readable image-caption pairs in {source}: {len(skipped)} pictures could not be read"
-                      + (f" (first: {skipped[0]})" if skipped else ""))
-
-
-def readable_pictures(source, size, n):
-    """The first n pictures of source that decode, with a caption -> uint8 (k, size, size, 3), 1 <= k <= n."""
-    pictures, skipped = [], []
-    for file in input_files(source, ShardsConfig.shard_size):
-        for pair in (p for p in pairs(file) if not is_held_out(p[0])):  # no tokenizer learns the held-out slice
-            picture, _, why = decode_pair(*pair, size)
-            skipped += [why] if why else []
-            pictures += [] if why else [picture]
-            if len(pictures) == n:
-                return np.stack(pictures)
-    if not pictures:
-        raise no_pairs_error(source, skipped)
-    return np.stack(pictures)
-
-
-def image_tokenizer(out: Path, given: str, images: str, minutes: float, log):
-    """The frozen VQGAN, kept as out/vqgan.eqx: the one there, else a copy of `given`, else for the shapes world the
-    shipped shapes tokenizer, else one of USER_CODES codes trained on a sample of the run's own pictures in at most
-    USER_SHARE of the run's budget (0 = no budget): the shapes tokenizer would turn them into blobs of six colours."""
-    path = out / "vqgan.eqx"
-    source = Path(given) if given else None if images else SHAPES_VQGAN
-    if path.exists():
-        log(f"image tokenizer: {path}, already in the run folder")
-    elif source:
-        log(f"image tokenizer: copying {source} to {path}")
-        data.write_atomically(path, lambda f: f.write(source.read_bytes()))
-    else:
-        if jax.process_count() > 1:
-            raise ValueError(f"no image tokenizer at {path}: give --vqgan, or train one on one host first "
-                             f"(python train.py --images {images} --out {out})")
-        pictures = readable_pictures(images, vqgan.VQGANConfig().image_size, TOKENIZER_PICTURES)  # (n, S, S, 3)
-        held_out = pictures[:max(1, len(pictures) // 10)]  # (k, S, S, 3), never trained on
-        log(f"image tokenizer: none given (--vqgan), training one on {len(pictures) - len(held_out)} of your "
-            f"pictures into {path}")
-        budget = vqgan_train.VQGANTrainConfig(max_minutes=minutes * USER_SHARE if minutes else None)
-        train_pictures = pictures[len(held_out):] if len(pictures) > 1 else pictures
-        vq = vqgan_train.train_vqgan(path, dataclasses.replace(vqgan.VQGANConfig(), codebook_size=USER_CODES),
-                                     tcfg=budget, images=train_pictures)
-        again = vqgan.decode_tokens(vq, vqgan.encode_images(vq, held_out))
-        log(f"image tokenizer: {path} reconstructs {len(held_out)} held-out pictures of yours at PSNR "
-            f"{vqgan_train.psnr(held_out, again):.1f} dB")
-    return vqgan.load_vqgan(path), path
 
 
 def load_corpus(images, n_shapes, text, seed, vq_path, folder: Path, out: Path, text_tokens: int, log, *,

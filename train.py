@@ -38,6 +38,7 @@ import evaluate
 import sample
 import shards
 import upgen
+import vqgan_train
 
 DEFAULT_MINUTES = 10.0  # the whole run's wall-clock budget when no step count is given
 FINISH_SECONDS = 20  # what a budgeted run keeps for after training (upgen.eqx, samples.png): its schedule ends there
@@ -72,7 +73,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RunConfig:
     out: str = "runs/shapes"          # run folder: vqgan.eqx, shards/, shapes/, state_<step>.eqx, upgen.eqx, logs
-    vqgan: str = ""                   # image tokenizer copied into out if it has none ("" = shards.image_tokenizer's)
+    vqgan: str = ""                   # image tokenizer copied into out if it has none ("" = vqgan_train's choice)
     shards: str = ""                  # token shards folder, tokenised into first when missing ("" = out/shards)
     minutes: float | None = None      # budget of the whole run; None = DEFAULT_MINUTES without --steps, else 0 (none)
     resume: bool = False              # continue from the newest state_<step>.eqx in out, with its saved TrainConfig
@@ -388,7 +389,7 @@ def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
     out, process, processes = Path(run.out), jax.process_index(), jax.process_count()
     log = open_log(out, started, process)
     tcfg, saved, minutes = start_or_resume(tcfg, run, out, log)
-    vq, vq_path = shards.image_tokenizer(out, run.vqgan, tcfg.images, minutes, log)
+    vq, vq_path = vqgan_train.image_tokenizer(out, run.vqgan, tcfg.images, minutes, log)
     text_tokens = settings.text_tokens if saved is None else saved.mcfg.text_tokens
     folder = Path(run.shards or out / "shards")
     tokenizer, images, texts = shards.load_corpus(tcfg.images, tcfg.shapes, tcfg.text, tcfg.seed, vq_path, folder,

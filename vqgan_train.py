@@ -6,13 +6,16 @@ differences that keeps outlines sharp; codes that go unused are restarted on the
     python vqgan_train.py --out checkpoints/shapes/vqgan.eqx --eval-only    # evaluate the shipped one
 The evaluation renders held-out pictures; `pytest -m slow` checks that the default run reaches PSNR >= 30 dB,
 at least 25% of the codes used and at most 1% of 2000 held-out pictures misread (tests/test_vqgan_train.py).
-Read next: upgen.py, the transformer that models these tokens.
+Its last part chooses a run's image tokenizer for train.py (image_tokenizer): the one given, the shipped shapes
+tokenizer, or one trained here on the run's own pictures. Read next: upgen.py, the transformer that models these tokens.
 """
 import argparse
+import dataclasses
 import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -21,6 +24,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+import data
 import shapes
 import vqgan
 
@@ -128,6 +132,60 @@ def train_vqgan(out_path, cfg=vqgan.VQGANConfig(), tcfg=VQGANTrainConfig(), imag
             used[:] = False
     vqgan.save_vqgan(out_path, vq)
     return vq
+
+
+# ----------------------------------------------------------------------------------------------
+# A run's image tokenizer (train.py): the one given, the shapes one, or one trained on the run's own pictures
+
+SHAPES_VQGAN = Path(__file__).parent / "checkpoints/shapes/vqgan.eqx"  # knows the shapes world's colours only
+USER_CODES = 32  # codes of a tokenizer trained on your pictures: over scanned digits, a 10-minute run with 32 codes
+#                   captions 57% of held-out pictures right where 512 (the shapes tokenizer's) let it 14%
+USER_SHARE = 1 / 3  # of the run's budget for training that tokenizer; the rest is UPGen's
+TOKENIZER_PICTURES = 5000  # the sample of a user's pictures a tokenizer of their own trains on (~60 MB at 64x64)
+
+
+def readable_pictures(source, size, n):
+    """The first n pictures of source that decode, with a caption -> uint8 (k, size, size, 3), 1 <= k <= n."""
+    pictures, skipped = [], []
+    for file in data.input_files(source, n):
+        for pair in (p for p in data.pairs(file) if not data.is_held_out(p[0])):  # no tokenizer learns those
+            picture, _, why = data.decode_pair(*pair, size)
+            skipped += [why] if why else []
+            pictures += [] if why else [picture]
+            if len(pictures) == n:
+                return np.stack(pictures)
+    if not pictures:
+        raise data.no_pairs_error(source, skipped)
+    return np.stack(pictures)
+
+
+def image_tokenizer(out: Path, given: str, images: str, minutes: float, log):
+    """The frozen VQGAN, kept as out/vqgan.eqx: the one there, else a copy of `given`, else for the shapes world the
+    shipped shapes tokenizer, else one of USER_CODES codes trained on a sample of the run's own pictures in at most
+    USER_SHARE of the run's budget (0 = no budget): the shapes tokenizer would turn them into blobs of six colours."""
+    path = out / "vqgan.eqx"
+    source = Path(given) if given else None if images else SHAPES_VQGAN
+    if path.exists():
+        log(f"image tokenizer: {path}, already in the run folder")
+    elif source:
+        log(f"image tokenizer: copying {source} to {path}")
+        data.write_atomically(path, lambda f: f.write(source.read_bytes()))
+    else:
+        if jax.process_count() > 1:
+            raise ValueError(f"no image tokenizer at {path}: give --vqgan, or train one on one host first "
+                             f"(python train.py --images {images} --out {out})")
+        pictures = readable_pictures(images, vqgan.VQGANConfig().image_size, TOKENIZER_PICTURES)  # (n, S, S, 3)
+        held_out = pictures[:max(1, len(pictures) // 10)]  # (k, S, S, 3), never trained on
+        log(f"image tokenizer: none given (--vqgan), training one on {len(pictures) - len(held_out)} of your "
+            f"pictures into {path}")
+        budget = VQGANTrainConfig(max_minutes=minutes * USER_SHARE if minutes else None)
+        train_pictures = pictures[len(held_out):] if len(pictures) > 1 else pictures
+        vq = train_vqgan(path, dataclasses.replace(vqgan.VQGANConfig(), codebook_size=USER_CODES), tcfg=budget,
+                         images=train_pictures)
+        again = vqgan.decode_tokens(vq, vqgan.encode_images(vq, held_out))
+        log(f"image tokenizer: {path} reconstructs {len(held_out)} held-out pictures of yours at PSNR "
+            f"{psnr(held_out, again):.1f} dB")
+    return vqgan.load_vqgan(path), path
 
 
 def main():

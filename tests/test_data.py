@@ -105,3 +105,27 @@ def test_the_vocabulary_count_is_bounded_and_keeps_the_frequent_words():
     texts = (f"red blue red {word}" if i % 2 else f"blue {word}" for i, word in enumerate(rare))
     tokenizer = data.build_tokenizer(texts, max_words=8)
     assert tokenizer.words[:2] == ("blue", "red") and len(tokenizer.words) == 8
+
+
+def test_the_held_out_slice_is_set_by_the_pairs_names_alone_and_about_its_share():
+    names = [f"{i:09d}" for i in range(4000)]
+    slice_of = lambda prefix: [data.is_held_out(prefix + n) for n in names]  # noqa: E731
+    assert slice_of("a/shapes-00000.tar:") == slice_of("b/other.tar:")  # another .tar or folder holding the pair
+    assert slice_of("") == [data.is_held_out(f"/data/{n}.jpg") for n in names]  # a folder's a.jpg + a.txt
+    assert abs(np.mean(slice_of("")) - data.HELD_OUT) < 0.01
+    assert not any(data.is_held_out(n, 0.0) for n in names)
+
+
+def test_sources_are_folders_tars_globs_and_brace_patterns(shapes_tars, tmp_path):
+    folder = shapes_tars[0].parent
+    assert data.expand("a/{08..10}-{0..1}.tar") == ["a/08-0.tar", "a/08-1.tar", "a/09-0.tar", "a/09-1.tar",
+                                                     "a/10-0.tar", "a/10-1.tar"]
+    listed = [("tar", p) for p in shapes_tars]
+    assert data.input_files(str(folder), 10) == listed
+    assert data.input_files(f"{folder}/shapes-0000[0-3].tar", 10) == listed
+    assert data.input_files(f"{folder}/shapes-{{00000..00001}}.tar,{folder}/*-0000[23].tar", 10) == listed
+    for i in range(5):
+        (tmp_path / f"{i}.png").write_bytes(b"")
+    assert [len(paths) for _, paths in data.input_files(str(tmp_path), 2)] == [2, 2, 1]
+    with pytest.raises(FileNotFoundError, match="no data at"):
+        data.input_files(f"{folder}/shapes-{{00000..00004}}.tar", 10)

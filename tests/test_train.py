@@ -296,10 +296,10 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
 
 
 def test_a_folder_run_reports_its_held_out_pairs_which_no_step_trained_on(tmp_path, tiny_vqgan):
+    import data
     import evaluate
-    import shards
     captions = write_pairs(tmp_path / "pairs", 70)  # pictures 62 and 66 are in the held-out slice
-    held = [i for i in range(70) if shards.is_held_out(f"{tmp_path}/pairs/{i}.png")]
+    held = [i for i in range(70) if data.is_held_out(f"{tmp_path}/pairs/{i}.png")]
     assert held == [62, 66]
     finish_train(start_train(tmp_path / "run", tiny_vqgan, "--images", str(tmp_path / "pairs"), "--steps", "2",
                              "--samples", "2"))
@@ -314,14 +314,13 @@ def test_a_folder_run_reports_its_held_out_pairs_which_no_step_trained_on(tmp_pa
 
 def test_a_folder_of_user_pictures_never_gets_the_shapes_tokenizer(tmp_path, tiny_vqgan, monkeypatch):
     import shutil
-    import shards
     import vqgan
     import vqgan_train
     write_pairs(tmp_path / "pairs", 12)
     trained_on = []
 
     def train_vqgan(path, cfg, tcfg, images):  # stands in for minutes of training: a tiny tokenizer of the right kind
-        assert cfg.codebook_size == shards.USER_CODES
+        assert cfg.codebook_size == vqgan_train.USER_CODES
         trained_on.append(images)
         shutil.copyfile(tiny_vqgan, path)
         return vqgan.load_vqgan(path)
@@ -331,8 +330,9 @@ def test_a_folder_of_user_pictures_never_gets_the_shapes_tokenizer(tmp_path, tin
     for run, given, images in (("yours", "", "pairs"), ("given", tiny_vqgan, "pairs"), ("shapes", "", "")):
         (tmp_path / run).mkdir()
         logs[run] = []
-        shards.image_tokenizer(tmp_path / run, given, str(tmp_path / images) if images else "", 1.0, logs[run].append)
-        shapes_tokenizer = (tmp_path / run / "vqgan.eqx").read_bytes() == shards.SHAPES_VQGAN.read_bytes()
+        source = str(tmp_path / images) if images else ""
+        vqgan_train.image_tokenizer(tmp_path / run, given, source, 1.0, logs[run].append)
+        shapes_tokenizer = (tmp_path / run / "vqgan.eqx").read_bytes() == vqgan_train.SHAPES_VQGAN.read_bytes()
         assert shapes_tokenizer == (run == "shapes"), logs[run]
     assert len(trained_on) == 1 and trained_on[0].shape == (11, 64, 64, 3)  # one of the 12 pictures held out
     assert "training one on 11 of your pictures" in logs["yours"][0] and "PSNR" in logs["yours"][1]
