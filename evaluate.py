@@ -26,6 +26,7 @@ import data
 import sample
 import shapes
 import shards
+import upgen
 import vqgan
 
 # ---------------------------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ def main(argv=None):
     try:
         dcfg = sample.decode_config(args)
         ecfg = ShapesEvalConfig(args.captioned, args.unconditional, args.inpainted)
-        model, tokenizer, vq = sample.load(args.ckpt)
+        model, tokenizer, vq = upgen.load_run(args.ckpt)
         rows = shards.held_out_rows(folder, HELD_OUT_PAIRS) if not shapes_world else []
         if len(rows):  # the shapes world's captions vary in wording: its own eval below reads what they say
             figures["held out"] = held_out_eval(model, tokenizer, vq, rows, dcfg, key=key)

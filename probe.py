@@ -21,9 +21,8 @@ import numpy as np
 import optax
 
 import data
-import sample
 import shapes
-from upgen import UPGen, make_sequence
+from upgen import UPGen, load_run, make_sequence
 from vqgan import encode_images
 
 
@@ -169,7 +168,7 @@ def main(argv=None):
                         help="seed of the shapes pictures, the split, random init and the probe")
     args = parser.parse_args(argv)
     try:
-        model, _, vq = sample.load(args.ckpt)
+        model, _, vq = load_run(args.ckpt)
         if args.folder:
             images, labels, classes, skipped = class_folder(args.folder, vq.cfg.image_size)
             tasks = [f"{len(classes)} classes"]

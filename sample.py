@@ -311,19 +311,6 @@ def inpaint(model, vq, images, keep, text, dcfg, guidance=INPAINT_GUIDANCE, *, k
 # Command line
 
 
-def load(ckpt):
-    """-> (UPGen, text tokenizer, VQGAN) from a folder holding upgen.eqx and vqgan.eqx."""
-    try:
-        model, tokenizer = upgen.load_upgen(Path(ckpt) / "upgen.eqx")
-        vq = vqgan.load_vqgan(Path(ckpt) / "vqgan.eqx")
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{e}; make a checkpoint with `python train.py --out {ckpt}`") from None
-    if (vq.cfg.codebook_size, vq.cfg.tokens_per_side ** 2) != (
-            model.cfg.image_codes, model.cfg.image_tokens):
-        raise ValueError(f"{ckpt}: vqgan.eqx and upgen.eqx do not belong together (codebook or token count differ)")
-    return model, tokenizer, vq
-
-
 def read_pictures(path, size):
     """An image file -> (uint8 pictures (P, size, size, 3), (rows, columns) of the grid they came from):
     every picture of a grid that save_grid wrote, else the centre square, with a note when that crops."""
@@ -431,7 +418,7 @@ def main(argv=None):
             raise ValueError("--image with --prompt is inpainting: add --keep x0,y0,x1,y1, "
                              "the part of the image to keep")
         dcfg = decode_config(args)
-        model, tokenizer, vq = load(args.ckpt)
+        model, tokenizer, vq = upgen.load_run(args.ckpt)
         mcfg, size, n = model.cfg, vq.cfg.image_size, args.n
         length_key, key = jax.random.split(jax.random.key(args.seed))
         if args.image and args.keep is None:  # image -> text

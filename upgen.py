@@ -8,12 +8,14 @@ parameter counts of the laptop default and of the paper's ViT-L. Next read train
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 import data
+import vqgan
 
 # What kind of example a sequence is; it decides its mask ratio and its text weight.
 PAIRED, IMAGE_ONLY, TEXT_ONLY = 0, 1, 2
@@ -260,6 +262,20 @@ def load_upgen(path):
         raise ValueError(f"{path} is no UPGen model file (upgen.eqx is written by train.py)")
     header, model = data.load_checkpoint(path, skeleton)
     return model, data.tokenizer_from_header(header["tokenizer"])
+
+
+def load_run(ckpt):
+    """-> (UPGen, text tokenizer, VQGAN) from a folder holding upgen.eqx and vqgan.eqx."""
+    try:
+        model, tokenizer = load_upgen(Path(ckpt) / "upgen.eqx")
+        vq = vqgan.load_vqgan(Path(ckpt) / "vqgan.eqx")
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{e}; make a checkpoint with `python train.py --out {ckpt}`") from None
+    if (vq.cfg.codebook_size, vq.cfg.tokens_per_side ** 2) != (
+            model.cfg.image_codes, model.cfg.image_tokens):
+        raise ValueError(f"{ckpt}: vqgan.eqx and upgen.eqx do not belong together (codebook or token count differ)")
+    return model, tokenizer, vq
+
 
 
 # ---------------------------------------------------------------------------------------------------

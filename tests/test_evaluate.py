@@ -32,7 +32,7 @@ def test_inpainting_cases_keep_no_shape_and_ask_for_one_that_fits():
 
 @pytest.fixture(scope="module")
 def shipped():
-    return sample.load(SHIPPED)
+    return upgen.load_run(SHIPPED)
 
 
 def test_the_shipped_model_draws_and_captions_the_shapes_world(shipped):

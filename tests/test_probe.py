@@ -7,9 +7,8 @@ import pytest
 
 import data
 import probe
-import sample
 import shapes
-from upgen import UPGen, UPGenConfig, make_sequence, save_upgen
+from upgen import UPGen, UPGenConfig, load_run, make_sequence, save_upgen
 from vqgan import VQGAN, VQGANConfig, save_vqgan
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes"
@@ -38,7 +37,7 @@ def error_of(argv):
 
 
 def test_features_are_each_layers_mean_over_image_positions_of_an_image_only_sequence(ckpt):
-    model, _, _ = sample.load(ckpt)
+    model, _, _ = load_run(ckpt)
     ids = np.random.default_rng(0).integers(0, 32, size=(3, 64)).astype(np.int32)
     features = probe.model_features(model, ids, None, batch_size=2)  # 2 batches, the last one padded
     _, hiddens = model(make_sequence(ids[2], None, model.cfg), hidden=True)  # (depth, L, D)

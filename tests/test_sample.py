@@ -260,7 +260,7 @@ def test_cli_odd_prompts_still_give_pictures(ckpt, tmp_path, capsys, prompt):
     assert message is None
     grid = np.asarray(Image.open(out))
     assert grid.shape == (18, 4 * 18, 3)  # one row of --n 4 pictures of 16x16, each in a 1-pixel white frame
-    model, tokenizer, vq = sample.load(ckpt)  # the same draw through the library: the same pictures
+    model, tokenizer, vq = upgen.load_run(ckpt)  # the same draw through the library: the same pictures
     length_key, key = jax.random.split(jax.random.key(0))
     dcfg = sample.DecodeConfig(steps=2)
     if prompt:
