@@ -200,7 +200,7 @@ def bench_shards(n, folder, vq_path, steps=50):
     figures = {"render_s": rendered - start, "pictures_per_s": n / (time.perf_counter() - rendered),
                "tokenise_rss_mb": peak_rss_mb()}
     tokenizer, *corpus = shards.open_shards(folder / "shards", vq_path)
-    mcfg = shards.model_config(upgen.UPGenConfig(image_codes=1, text_vocab=1), vqgan.load_vqgan(vq_path).cfg,
+    mcfg = upgen.model_config(upgen.UPGenConfig(image_codes=1, text_vocab=1), vqgan.load_vqgan(vq_path).cfg,
                                tokenizer)
     tcfg, mesh = train.TrainConfig(), train.make_mesh()
     optimizer, counts = train.make_optimizer(tcfg), shards.kind_counts(tcfg.batch, tcfg.mix)

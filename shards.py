@@ -271,12 +271,6 @@ def load_corpus(images, n_shapes, text, seed, vq_path, folder: Path, out: Path, 
     return open_shards(folder, vq_path, process, processes)
 
 
-def model_config(settings: upgen.UPGenConfig, vq_cfg: vqgan.VQGANConfig, tokenizer: data.Tokenizer):
-    """The transformer for this tokenizer pair: settings' shape and objective, with the tokenizers' sizes."""
-    return dataclasses.replace(settings, image_codes=vq_cfg.codebook_size, image_tokens=vq_cfg.tokens_per_side ** 2,
-                               text_vocab=tokenizer.vocab_size, text_tokens=tokenizer.length)
-
-
 def kind_counts(batch: int, mix) -> tuple:
     """Splits a batch into per-kind counts in the mix proportions; the rounding remainder goes to paired."""
     counts = [int(batch * m / sum(mix)) for m in mix]

@@ -384,7 +384,7 @@ def train_loop(model, opt_state, step, tcfg, run, mcfg, tokenizer, corpus, budge
 
 def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
     """The whole run: its image tokenizer and token shards (shards.py), the model, the loop, upgen.eqx and samples.
-    settings: the model's shape and objective; the tokenizers set its sizes (shards.model_config)."""
+    settings: the model's shape and objective; the tokenizers set its sizes (upgen.model_config)."""
     started = time.perf_counter()
     out, process, processes = Path(run.out), jax.process_index(), jax.process_count()
     log = open_log(out, started, process)
@@ -399,7 +399,7 @@ def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
             raise ValueError(f"the shards in {folder} have another vocabulary than the run's")
         step, model, opt_state, mcfg = saved.step, saved.model, saved.opt_state, saved.mcfg
     else:
-        mcfg = shards.model_config(settings, vq.cfg, tokenizer)
+        mcfg = upgen.model_config(settings, vq.cfg, tokenizer)
         init_key = jax.random.split(jax.random.key(tcfg.seed))[0]
         step, (model, opt_state) = 0, init_state(mcfg, make_optimizer(tcfg), key=init_key)
     model, opt_state = replicate((model, opt_state), make_mesh())

@@ -79,6 +79,13 @@ VIT_L = UPGenConfig(image_codes=1024, image_tokens=256, text_vocab=30522, text_t
                     width=1024, depth=24, heads=16, mlp=4096, compute_dtype="bfloat16", **PAPER_OBJECTIVE)
 
 
+def model_config(settings: UPGenConfig, vq_cfg: vqgan.VQGANConfig, tokenizer: data.Tokenizer):
+    """The transformer for this tokenizer pair: settings' shape and objective, with the tokenizers' sizes."""
+    return dataclasses.replace(settings, image_codes=vq_cfg.codebook_size, image_tokens=vq_cfg.tokens_per_side ** 2,
+                               text_vocab=tokenizer.vocab_size, text_tokens=tokenizer.length)
+
+
+
 # ---------------------------------------------------------------------------------------------------
 # Sequences and masking
 
