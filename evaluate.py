@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 import data
+import pictures
 import sample
 import shapes
 import shards
@@ -77,7 +78,7 @@ def inpainting_cases(n, seed, cfg=shapes.ShapesConfig(), grid=8):
 def draw(vq, mcfg, f, x, batch, *, key):
     """f(chunk of x, key) -> states, in batches -> (final states (n, L), what read_picture sees in each)."""
     finals = data.in_batches(lambda chunk, k: f(chunk, k)[-1], x, batch, key=key)
-    return finals, [shapes.read_picture(p) for p in sample.pictures(vq, finals, mcfg)]
+    return finals, [shapes.read_picture(p) for p in pictures.from_tokens(vq, finals, mcfg)]
 
 
 def text_to_image(model, tokenizer, vq, dcfg, batch, *, key):
@@ -120,9 +121,9 @@ def inpainting(model, tokenizer, vq, dcfg, n, *, key):
     images, keep, labels = inpainting_cases(n, seed=INPAINT_SEED)
     texts = np.stack([tokenizer.encode(shapes.canonical_caption(lab)) for lab in labels])
     tokens, states = sample.inpaint(model, vq, images, keep, texts, dcfg, key=key)
-    drawn = sample.pictures(vq, states[-1], mcfg)
+    drawn = pictures.from_tokens(vq, states[-1], mcfg)
     right = np.array([shapes.read_picture(p) == tuple(lab) for p, lab in zip(drawn, labels)])
-    kept = sample.cell_pixels(keep, images.shape[1])[..., 0]  # (n, S, S)
+    kept = pictures.cell_pixels(keep, images.shape[1])[..., 0]  # (n, S, S)
     same_tokens = np.all((states[-1] == tokens)[:, :mcfg.image_tokens] | ~keep, axis=1)
     same_pixels = np.all((np.abs(drawn.astype(int) - images).max(-1) <= KEPT_TOLERANCE) | ~kept, axis=(1, 2))
     return tuple(float(x.mean()) for x in (right & same_tokens & same_pixels, right, same_tokens, same_pixels))
@@ -184,7 +185,7 @@ def held_out_eval(model, tokenizer, vq, rows, dcfg, *, key, batch=32):
     exact, words = caption_scores(data.in_batches(caption, codes, batch, key=i2t_key), captions)
     drawn = data.in_batches(lambda s, k: sample.generate(model, s, dcfg, sample.TEXT_GUIDANCE, key=k)[-1],
                             sample.inputs(mcfg, len(rows), text=captions), 8 * batch, key=t2i_key)  # (n, L)
-    again = vqgan.encode_images(vq, sample.pictures(vq, drawn, mcfg))  # (n, Ni)
+    again = vqgan.encode_images(vq, pictures.from_tokens(vq, drawn, mcfg))  # (n, Ni)
     back, _ = caption_scores(data.in_batches(caption, again, batch, key=back_key), captions)
     return {"pairs": len(rows), "image->text exact": exact, "image->text words": words, "text->image captioned back":
             back, "seconds": time.perf_counter() - start}
@@ -196,7 +197,7 @@ def draw_captions(model, vq, tokenizer, rows, n, path, *, key):
     prompts = [captions[i] for i in np.unique(np.linspace(0, len(captions) - 1, n).astype(int))]
     tokens = sample.inputs(model.cfg, len(prompts), text=np.stack([tokenizer.encode(p) for p in prompts]))
     states = sample.generate(model, tokens, sample.DecodeConfig(), sample.TEXT_GUIDANCE, key=key)  # (T, n, L)
-    sample.save_grid(sample.pictures(vq, states[-1], model.cfg)[None], path)
+    pictures.save_grid(pictures.from_tokens(vq, states[-1], model.cfg)[None], path)
     return prompts
 
 

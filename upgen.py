@@ -85,7 +85,6 @@ def model_config(settings: UPGenConfig, vq_cfg: vqgan.VQGANConfig, tokenizer: da
                                text_vocab=tokenizer.vocab_size, text_tokens=tokenizer.length)
 
 
-
 # ---------------------------------------------------------------------------------------------------
 # Sequences and masking
 

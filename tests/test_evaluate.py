@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import evaluate
+import pictures
 import sample
 import shapes
 import upgen
@@ -19,7 +20,7 @@ SHARES = ("text->image", "image->text", "unconditional valid", "unconditional ma
 
 def test_inpainting_cases_keep_no_shape_and_ask_for_one_that_fits():
     images, keep, labels = evaluate.inpainting_cases(40, seed=1)
-    cells = sample.cell_pixels(keep, 64)[..., 0]
+    cells = pictures.cell_pixels(keep, 64)[..., 0]
     for image, kept, prompt, cell_keep in zip(images, cells, labels, keep):
         background = np.median(image[kept], axis=0)
         assert np.abs(image[kept].astype(int) - background).max() < 8  # the kept part is plain background

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import data
+import pictures
 import sample
 import shapes
 import upgen
@@ -272,7 +273,7 @@ def test_cli_odd_prompts_still_give_pictures(ckpt, tmp_path, capsys, prompt):
         drawn_text = sample.tokenizer_ids(model.cfg, states[-1, :, TINY.image_tokens:])
         captions = [tokenizer.decode(ids) for ids in drawn_text]
         assert printed.strip().splitlines()[1:] == captions
-    drawn = sample.pictures(vq, states[-1], model.cfg)  # (4, 16, 16, 3)
+    drawn = pictures.from_tokens(vq, states[-1], model.cfg)  # (4, 16, 16, 3)
     for i, picture in enumerate(drawn):
         assert np.array_equal(grid[1:17, 18 * i + 1:18 * i + 17], picture)
 
@@ -301,24 +302,9 @@ def test_cli_bad_input_is_one_clear_line(ckpt, capsys, argv, says):
     assert message.startswith("error: ") and says in message and "\n" not in message
 
 
-def test_a_grid_that_save_grid_wrote_is_read_back_picture_by_picture(tmp_path, capsys):
-    images, _, _ = shapes.examples(8, seed=3)  # (8, 64, 64, 3)
-    for rows, cols in ((1, 4), (4, 1), (2, 4)):
-        path = tmp_path / f"grid_{rows}x{cols}.png"
-        sample.save_grid(images[:rows * cols].reshape(rows, cols, 64, 64, 3), path)
-        assert Image.open(path).size == (66 * cols, 66 * rows)
-        read, shape = sample.read_pictures(path, 64)
-        assert shape == (rows, cols) and np.array_equal(read, images[:rows * cols])
-    assert capsys.readouterr().err == ""
-    Image.fromarray(np.concatenate(list(images[:2]), axis=1)).save(tmp_path / "no_gaps.png")  # (64, 128)
-    read, shape = sample.read_pictures(tmp_path / "no_gaps.png", 64)
-    assert shape == (1, 1) and np.array_equal(read[0], np.asarray(Image.open(tmp_path / "no_gaps.png"))[:, 32:96])
-    assert "128x64" in capsys.readouterr().err
-
-
 def test_cli_captions_a_grid_picture_by_picture(ckpt, tmp_path, capsys):
     images, _, _ = shapes.examples(4, seed=4)
-    sample.save_grid(images[None], tmp_path / "samples.png")  # (66, 264): 1 row of 4 pictures
+    pictures.save_grid(images[None], tmp_path / "samples.png")  # (66, 264): 1 row of 4 pictures
     capsys.readouterr()  # save_grid's "wrote"
     message, printed, noted = cli(capsys, "--ckpt", str(ckpt), "--steps", "2", "--n", "2",
                                   "--image", str(tmp_path / "samples.png"))
