@@ -28,6 +28,7 @@ import sample
 import shapes
 import shards
 import upgen
+import vocab
 import vqgan
 
 # ---------------------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ HELD_OUT_PAIRS = 500  # held-out pairs an eval reads at most
 def caption_scores(written, wanted):
     """Tokenizer ids (n, Nt) written and wanted -> (share of captions exactly right, share of the wanted tokens
     written in their place)."""
-    real = wanted != data.PAD
+    real = wanted != vocab.PAD
     return float(np.all(written == wanted, axis=1).mean()), float(((written == wanted) & real).sum() / real.sum())
 
 

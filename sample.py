@@ -25,6 +25,7 @@ import numpy as np
 import data
 import pictures
 import upgen
+import vocab
 import vqgan
 
 # ---------------------------------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def allowed_ids(mcfg):
     """bool (L, V): image slots take image codes only, text slots real text tokens only (no PAD/MASK)."""
     ids = jnp.arange(mcfg.vocab_size)
     image = ids < mcfg.image_codes
-    text = ids >= mcfg.image_codes + data.MASK + 1  # text ids start with PAD, MASK
+    text = ids >= mcfg.image_codes + vocab.MASK + 1  # text ids start with PAD, MASK
     is_image_slot = jnp.arange(mcfg.seq_len)[:, None] < mcfg.image_tokens
     return jnp.where(is_image_slot, image[None], text[None])
 
@@ -170,7 +171,7 @@ def write_text(model, image_ids, prior, dcfg, *, key):
     B, Ni, Nt = image_ids.shape[0], mcfg.image_tokens, mcfg.text_tokens
     lengths = jnp.arange(1, Nt + 1)  # (K,) candidate lengths, K = Nt
     used = jnp.arange(Nt)[None] < lengths[:, None]  # (K, Nt)
-    text = jnp.where(used, data.MASK, data.PAD)  # (K, Nt)
+    text = jnp.where(used, vocab.MASK, vocab.PAD)  # (K, Nt)
     seqs = upgen.make_sequence(image_ids[:, None], text, mcfg).reshape(B * Nt, -1)  # (B*K, L)
     decoded = generate(model, seqs, dcfg, key=key)[-1]  # (B*K, L)
     text_score = token_log_probs(model, seqs, decoded)[:, Ni:].reshape(B, Nt, Nt)  # (B, K, Nt)
@@ -182,7 +183,7 @@ def write_text(model, image_ids, prior, dcfg, *, key):
 
 def tokenizer_ids(mcfg, text):
     """Model ids of text slots (..., Nt) -> the text tokenizer's ids, PAD-padded."""
-    return jnp.where(text == mcfg.pad_id, data.PAD, text - mcfg.image_codes)
+    return jnp.where(text == mcfg.pad_id, vocab.PAD, text - mcfg.image_codes)
 
 
 @eqx.filter_jit
@@ -195,7 +196,7 @@ def unconditional(model, lengths, dcfg, guidance=0.0, *, key):
     draws it, with the same classifier-free guidance on that caption. Drawing the picture directly with no
     caption (text slots PAD, as image-only training data) gives fewer valid shapes pictures."""
     mcfg = model.cfg
-    text = jnp.where(jnp.arange(mcfg.text_tokens) < lengths[:, None], data.MASK, data.PAD)  # (n, Nt)
+    text = jnp.where(jnp.arange(mcfg.text_tokens) < lengths[:, None], vocab.MASK, vocab.PAD)  # (n, Nt)
     seqs = upgen.make_sequence(jnp.full(mcfg.image_tokens, mcfg.mask_id), text, mcfg)  # (n, L)
     caption_key, picture_key = jax.random.split(key)
     captioned = generate(model, seqs, dcfg, key=caption_key)[-1]
@@ -210,11 +211,11 @@ def draw_caption_lengths(tokenizer, n, *, key):
 def text_ids(tokenizer, prompt):
     """A prompt -> tokenizer ids (Nt,), with a note on stderr for what the model will not see."""
     words = set(tokenizer.words)
-    unknown = list(dict.fromkeys(w for w in data.WORD.findall(prompt.lower()) if w not in words))
+    unknown = list(dict.fromkeys(w for w in vocab.WORD.findall(prompt.lower()) if w not in words))
     if unknown:
         print(f"note: words the model never saw, spelled out in bytes: {' '.join(unknown[:10])}", file=sys.stderr)
     full = dataclasses.replace(tokenizer, length=len(prompt.encode("utf-8")) + 1).encode(prompt)
-    if (full != data.PAD).sum() > tokenizer.length:
+    if (full != vocab.PAD).sum() > tokenizer.length:
         print(f"note: the prompt is cut to its first {tokenizer.length} tokens", file=sys.stderr)
     return tokenizer.encode(prompt)
 

@@ -30,9 +30,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+import checkpoint
+import config
 import data
 import shapes
 import upgen
+import vocab
 import vqgan
 
 
@@ -47,7 +50,7 @@ class ShardsConfig:
     held_out: float = data.HELD_OUT  # share of pairs kept out of all training, for held-out figures
 
     def __post_init__(self):
-        data.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
+        config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
                           ("shard_size", "chunk", "workers", "vocab_lines", "max_words", "text_tokens")]
                    + [("held_out", 0 <= self.held_out < 1, "must be in [0, 1)")])
 
@@ -62,7 +65,7 @@ def vocabulary(files, text, cfg: ShardsConfig):
     captions = (caption for f in files for _, _, caption, why in data.pairs(f, pictures=False) if not why)
     lines = data.text_lines(text) if text else ()
     texts = itertools.chain(itertools.islice(captions, cfg.vocab_lines), itertools.islice(lines, cfg.vocab_lines))
-    return data.build_tokenizer(texts, cfg.text_tokens, cfg.max_words)
+    return vocab.build_tokenizer(texts, cfg.text_tokens, cfg.max_words)
 
 
 def write_tar(file, images, captions, first):
@@ -88,7 +91,7 @@ def render_shapes(folder, n, seed, cfg: ShardsConfig, *, process=0, processes=1)
         if path.exists() or (i % processes != process and i * cfg.shard_size >= cfg.vocab_lines):
             continue
         images, captions, _ = shapes.examples(min(cfg.shard_size, n - i * cfg.shard_size), seed=[seed, i])
-        data.write_atomically(path, lambda f: write_tar(f, images, captions, first=i * cfg.shard_size))
+        checkpoint.write_atomically(path, lambda f: write_tar(f, images, captions, first=i * cfg.shard_size))
     return paths
 
 
@@ -135,7 +138,7 @@ def encode_file(vq, tokenizer, file, cfg: ShardsConfig, pool, bar):
         skipped.append(f"{data.describe(file)}: no image-caption pairs")
     empty = np.zeros((0, vq.cfg.tokens_per_side ** 2 + cfg.text_tokens), np.uint16)
     rows, held = (np.concatenate(x) if x else empty for x in (rows, held))
-    lengths = np.bincount((rows[:, -cfg.text_tokens:] != data.PAD).sum(1), minlength=cfg.text_tokens + 1)[1:]
+    lengths = np.bincount((rows[:, -cfg.text_tokens:] != vocab.PAD).sum(1), minlength=cfg.text_tokens + 1)[1:]
     return rows, held, lengths.tolist(), skipped
 
 
@@ -144,7 +147,7 @@ def manifest_path(folder, process, processes):
 
 
 def save_manifest(path, manifest):
-    data.write_atomically(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    checkpoint.write_atomically(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
 
 
 def check_manifest(manifest, folder, source, text, vq_hash, vq_path, cfg: ShardsConfig):
@@ -184,7 +187,7 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
                     "vqgan_sha256": vq_hash, "image_tokens": vq.cfg.tokens_per_side ** 2,
                     "text_tokens": cfg.text_tokens, "held_out": cfg.held_out, "words": list(tokenizer.words),
                     "shards": [], "text_shards": [], "complete": False}
-    tokenizer = data.Tokenizer(tuple(manifest["words"]), cfg.text_tokens)
+    tokenizer = vocab.Tokenizer(tuple(manifest["words"]), cfg.text_tokens)
     folder.mkdir(parents=True, exist_ok=True)
     save_manifest(path, manifest)
     done = {s["file"] for s in manifest["shards"] + manifest["text_shards"]}
@@ -193,8 +196,8 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
     with ThreadPoolExecutor(cfg.workers) as pool, tqdm(unit=" pictures", desc="tokenise", disable=not mine) as bar:
         for i in mine:
             rows, held, lengths, skipped = encode_file(vq, tokenizer, files[i], cfg, pool, bar)
-            data.write_atomically(folder / f"held-out-{i:05d}.npy", lambda f: np.save(f, held))
-            data.write_atomically(folder / f"images-{i:05d}.npy", lambda f: np.save(f, rows))
+            checkpoint.write_atomically(folder / f"held-out-{i:05d}.npy", lambda f: np.save(f, held))
+            checkpoint.write_atomically(folder / f"images-{i:05d}.npy", lambda f: np.save(f, rows))
             manifest["shards"].append({"file": f"images-{i:05d}.npy", "input": data.describe(files[i]),
                                        "examples": len(rows), "held_out": len(held), "caption_lengths": lengths,
                                        "skipped": skipped})
@@ -206,7 +209,7 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
             break
         if i % processes == process and f"text-{i:05d}.npy" not in done:
             ids = np.stack([tokenizer.encode(line) for line in group]).astype(np.uint16)  # (n, text_tokens)
-            data.write_atomically(folder / f"text-{i:05d}.npy", lambda f: np.save(f, ids))
+            checkpoint.write_atomically(folder / f"text-{i:05d}.npy", lambda f: np.save(f, ids))
             manifest["text_shards"].append({"file": f"text-{i:05d}.npy", "examples": len(ids)})
             save_manifest(path, manifest)
     manifest["complete"] = True
@@ -239,7 +242,7 @@ def open_shards(folder, vq_path, process=0, processes=1):
         raise ValueError(f"process {process} has no lines of {manifest['text']}: give more text or fewer processes")
     texts = texts or [s[:, -manifest["text_tokens"]:] for s in images]  # no corpus: the captions are the text
     lengths = np.sum([s["caption_lengths"] for s in manifest["shards"]], axis=0).tolist()
-    return data.Tokenizer(tuple(manifest["words"]), manifest["text_tokens"], tuple(lengths)), images, texts
+    return vocab.Tokenizer(tuple(manifest["words"]), manifest["text_tokens"], tuple(lengths)), images, texts
 
 
 def held_out_rows(folder, n):

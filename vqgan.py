@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import checkpoint
 import data
 
 
@@ -275,20 +276,18 @@ def decode_tokens(vq, ids, batch=256):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: a JSON header with the config, then the arrays (data.save_checkpoint).
+# Checkpoints: a JSON header with the config, then the arrays (checkpoint.save_checkpoint).
 
 def save_vqgan(path, vq):
-    data.save_checkpoint(path, {"kind": "vqgan", "config": dataclasses.asdict(vq.cfg)}, vq)
+    checkpoint.save_checkpoint(path, {"vqgan": dataclasses.asdict(vq.cfg)}, vq)
 
 
 def load_vqgan(path):
     def skeleton(header):
-        if header.get("kind") != "vqgan":
-            raise ValueError(f"{path} is not a vqgan checkpoint (kind {header.get('kind')!r})")
-        config = header["config"]
-        cfg = VQGANConfig(**{**config, "channel_multipliers": tuple(config["channel_multipliers"])})
+        fields = header["vqgan"]
+        cfg = VQGANConfig(**{**fields, "channel_multipliers": tuple(fields["channel_multipliers"])})
         return eqx.filter_eval_shape(VQGAN, cfg, key=jax.random.key(0))
-    return data.load_checkpoint(path, skeleton)[1]
+    return checkpoint.load_checkpoint(path, "vqgan", skeleton)[1]
 
 
 # ----------------------------------------------------------------------------------------------

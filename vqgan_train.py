@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+import checkpoint
 import data
 import shapes
 import vqgan
@@ -169,7 +170,7 @@ def image_tokenizer(out: Path, given: str, images: str, minutes: float, log):
         log(f"image tokenizer: {path}, already in the run folder")
     elif source:
         log(f"image tokenizer: copying {source} to {path}")
-        data.write_atomically(path, lambda f: f.write(source.read_bytes()))
+        checkpoint.write_atomically(path, lambda f: f.write(source.read_bytes()))
     else:
         if jax.process_count() > 1:
             raise ValueError(f"no image tokenizer at {path}: give --vqgan, or train one on one host first "

@@ -8,6 +8,7 @@ import pytest
 import data
 import probe
 import shapes
+import vocab
 from upgen import UPGen, UPGenConfig, load_run, make_sequence, save_upgen
 from vqgan import VQGAN, VQGANConfig, save_vqgan
 
@@ -20,7 +21,7 @@ def ckpt(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
     vq_cfg = VQGANConfig(image_size=64, filters=8, channel_multipliers=(1, 1, 1, 1), embedding_dim=8,
                          codebook_size=32, norm_groups=4)
-    tokenizer = data.build_tokenizer(["a large red circle in the top left"])
+    tokenizer = vocab.build_tokenizer(["a large red circle in the top left"])
     cfg = UPGenConfig(image_codes=32, image_tokens=vq_cfg.tokens_per_side ** 2, text_vocab=tokenizer.vocab_size,
                       width=32, depth=2, heads=2, mlp=64)
     save_vqgan(folder / "vqgan.eqx", VQGAN(vq_cfg, key=jax.random.key(1)))

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import data
 import pictures
 import sample
 import shapes
 import upgen
+import vocab
 import vqgan
 
 MASK_ID = 99  # fake vocabulary of 100 ids for the model-free tests; 99 is [MASK]
@@ -91,7 +91,7 @@ def test_same_seed_same_tokens_other_seed_other_tokens():
 # ---------------------------------------------------------------------------------------------------
 # With a tiny random model: every mode keeps what it was given and fills the rest with allowed ids.
 
-TOKENIZER = data.Tokenizer(("a", "large", "red", "circle", "in", "the", "top", "left"), length=6)
+TOKENIZER = vocab.Tokenizer(("a", "large", "red", "circle", "in", "the", "top", "left"), length=6)
 TINY = upgen.UPGenConfig(image_codes=16, image_tokens=16, text_vocab=TOKENIZER.vocab_size, text_tokens=6,
                          width=32, depth=1, heads=2, mlp=64)
 
@@ -129,8 +129,8 @@ def test_every_mode_keeps_its_known_tokens(tiny_model):
                                        sample.length_prior(TOKENIZER),
                                        dcfg, key=jax.random.key(8)))
     for row in ids:  # image->text: some real text tokens, then PAD only
-        length = int((row != data.PAD).sum())
-        assert length >= 1 and np.all(row[:length] > data.MASK) and np.all(row[length:] == data.PAD)
+        length = int((row != vocab.PAD).sum())
+        assert length >= 1 and np.all(row[:length] > vocab.MASK) and np.all(row[length:] == vocab.PAD)
 
 
 class CaptionOracle(eqx.Module):

@@ -17,6 +17,7 @@ from PIL import Image
 import data
 import shapes
 import shards
+import vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = shards.ShardsConfig(shard_size=32, chunk=8)
@@ -64,7 +65,7 @@ def test_shards_hold_codes_and_caption_ids_and_open_memory_mapped(straight, eigh
     assert np.array_equal(images[0][:, :64], codes[train])  # the held-out pairs are in no training shard
     assert np.array_equal(np.load(tmp_path / "held-out-00000.npy")[:, :64], codes[out])
     assert [tokenizer.decode(row) for row in texts[0]] == [c for c, t in zip(captions, train) if t]  # no corpus
-    lengths = [(tokenizer.encode(c) != data.PAD).sum() for i in range(8)
+    lengths = [(tokenizer.encode(c) != vocab.PAD).sum() for i in range(8)
                for c, h in zip(shapes.examples(32, seed=[0, i])[1], held[i]) if not h]
     assert tokenizer.caption_lengths == tuple(np.bincount(lengths, minlength=17)[1:].tolist())
 

@@ -285,10 +285,10 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
     log = (tmp_path / "folder" / "train.log").read_text()
     assert "skipped 1 " in log and "broken.png: cannot read image" in log
     assert "draws from 5 pictures and 3 texts" in log
-    import data
     import upgen
+    import vocab
     _, tokenizer = upgen.load_upgen(tmp_path / "folder" / "upgen.eqx")  # the captions' lengths, not the corpus's
-    lengths = np.bincount([(tokenizer.encode(c) != data.PAD).sum() for c in captions], minlength=tokenizer.length + 1)
+    lengths = np.bincount([(tokenizer.encode(c) != vocab.PAD).sum() for c in captions], minlength=tokenizer.length + 1)
     assert tokenizer.caption_lengths == tuple(lengths[1:].tolist())
     log = (tmp_path / "tar" / "train.log").read_text()
     assert "draws from 5 pictures and 5 texts" in log and "skipped 0 " in log  # no corpus: the captions are the text
