@@ -22,6 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+import config
 import data
 import pictures
 import sample
@@ -43,8 +44,8 @@ class ShapesEvalConfig:
     batch: int = 256  # sequences per compiled decode; image->text decodes a caption of every length: batch // 8
 
     def __post_init__(self):
-        if min(self.captioned, self.unconditional, self.inpainted, self.batch // 8) < 1:
-            raise ValueError(f"{self}: every count must be at least 1 and the batch at least 8")
+        config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
+                            ("captioned", "unconditional", "inpainted")] + [("batch", self.batch >= 8, "must be >= 8")])
 
 
 CAPTION_SEED, INPAINT_SEED = 20261125, 20261126  # fresh pictures: no training run uses these seeds
@@ -164,7 +165,7 @@ def print_shapes_eval(f, ecfg=ShapesEvalConfig()):
 # ---------------------------------------------------------------------------------------------------
 # Any folder: the run's held-out pairs (shards.held_out_rows), which no tokenizer and no step trained on
 
-HELD_OUT_PAIRS = 500  # held-out pairs an eval reads at most
+EVAL_PAIRS = 500  # held-out pairs an eval reads at most (a run's own report at its end reads fewer)
 
 
 def caption_scores(written, wanted):
@@ -217,21 +218,20 @@ def main(argv=None):
     p.add_argument("--ckpt", default="checkpoints/shapes", help="folder with upgen.eqx and vqgan.eqx")
     p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same figures")
     sample.decode_flags(p)
-    p.add_argument("--captioned", type=int, default=ShapesEvalConfig.captioned,
-                   help="fresh pictures to caption (image->text)")
-    p.add_argument("--unconditional", type=int, default=ShapesEvalConfig.unconditional,
-                   help="unconditional (picture, caption) pairs to draw")
-    p.add_argument("--inpainted", type=int, default=ShapesEvalConfig.inpainted, help="fresh inpainting tasks")
+    for name, help in [("captioned", "fresh pictures to caption (image->text)"),
+                       ("unconditional", "unconditional (picture, caption) pairs to draw"),
+                       ("inpainted", "fresh inpainting tasks")]:
+        config.flag(p, ShapesEvalConfig(), name, help)
     p.add_argument("--shards", help="the run's token shards, whose held-out pairs are read (default: CKPT/shards)")
     args = p.parse_args(argv)
     folder = Path(args.shards or Path(args.ckpt) / "shards")
     shapes_world = not folder.exists() or (Path(args.ckpt) / "shapes").exists()  # train.py renders shapes there
     figures, key = {}, jax.random.key(args.seed)
     try:
-        dcfg = sample.decode_config(args)
-        ecfg = ShapesEvalConfig(args.captioned, args.unconditional, args.inpainted)
+        dcfg = sample.DecodeConfig(**config.fields_of(sample.DecodeConfig, args))
+        ecfg = ShapesEvalConfig(**config.fields_of(ShapesEvalConfig, args))
         model, tokenizer, vq = upgen.load_run(args.ckpt)
-        rows = shards.held_out_rows(folder, HELD_OUT_PAIRS) if not shapes_world else []
+        rows = shards.held_out_rows(folder, EVAL_PAIRS) if not shapes_world else []
         if len(rows):  # the shapes world's captions vary in wording: its own eval below reads what they say
             figures["held out"] = held_out_eval(model, tokenizer, vq, rows, dcfg, key=key)
             print(held_out_line(figures["held out"]), flush=True)

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import optax
 
+import config
 import data
 import shapes
 from upgen import UPGen, load_run, make_sequence
@@ -33,6 +34,12 @@ class ProbeConfig:
     learning_rate: float = 1e-2   # AdamW step size, on standardised features
     weight_decay: float = 1e-4    # AdamW's decoupled weight decay on the classifier
     test_fraction: float = 0.2    # share of the examples held out for scoring
+
+    def __post_init__(self):
+        config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in ("epochs", "batch_size")]
+                     + [("learning_rate", self.learning_rate > 0, "must be positive"), ("weight_decay",
+                         self.weight_decay >= 0, "must be at least 0"), ("test_fraction", 0 < self.test_fraction < 1,
+                                                                          "must be in (0, 1)")])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,8 +169,7 @@ def main(argv=None):
                         help="shapes-world pictures to probe on, train and held out")
     parser.add_argument("--layer", type=int,
                         help="probe this one layer (0 = first, -1 = last); default all, concatenated")
-    parser.add_argument("--epochs", type=int, default=ProbeConfig.epochs,
-                        help="passes of the classifier over the training split")
+    config.flag(parser, ProbeConfig(), "epochs", "passes of the classifier over the training split")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the shapes pictures, the split, random init and the probe")
     args = parser.parse_args(argv)
@@ -180,7 +186,7 @@ def main(argv=None):
                                  "use --folder")
             images, _, labels = shapes.examples(args.shapes, args.seed)
             tasks = list(shapes.LABELS)
-        cfg = ProbeConfig(epochs=args.epochs)
+        cfg = ProbeConfig(**config.fields_of(ProbeConfig, args))
         scores = probe(model, vq, images, labels, cfg, layer=args.layer, key=jax.random.key(args.seed))
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")

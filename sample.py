@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import config
 import data
 import pictures
 import upgen
@@ -42,12 +43,9 @@ class DecodeConfig:
     choice_temperature: float = 4.5  # Gumbel noise on confidences (MaskGIT's ImageNet value), annealed to 0
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"steps is {self.steps}: decoding takes at least 1 step (MaskGIT: 8-12)")
-        if self.temperature < 0:
-            raise ValueError(f"temperature is {self.temperature}: give 0 (argmax) or more (1: the model's own)")
-        if self.choice_temperature < 0:
-            raise ValueError(f"choice temperature is {self.choice_temperature}: give 0 (greedy) or more")
+        config.check(self, [("steps", self.steps >= 1, "must be at least 1 (MaskGIT: 8-12)"),
+                            ("temperature", self.temperature >= 0, "must be 0 (argmax) or more (1: the model's own)"),
+                            ("choice_temperature", self.choice_temperature >= 0, "must be 0 (greedy) or more")])
 
 
 def mask_ratio(progress):
@@ -284,16 +282,10 @@ def prompt_ids(tokenizer, prompt):
 
 def decode_flags(parser):
     """Adds the DecodeConfig flags, with its defaults (evaluate.py's command line shares them)."""
-    parser.add_argument("--steps", type=int, default=DecodeConfig.steps, help="decoding steps T")
-    parser.add_argument("--temperature", type=float, default=DecodeConfig.temperature,
-                        help="token sampling temperature (0: argmax)")
-    parser.add_argument("--choice-temperature", type=float, default=DecodeConfig.choice_temperature,
-                        help="Gumbel noise on the confidences that pick which tokens to keep, annealed to 0")
-
-
-def decode_config(args):
-    """The parsed decode_flags -> DecodeConfig, which checks them."""
-    return DecodeConfig(args.steps, args.temperature, args.choice_temperature)
+    for name, help in [("steps", "decoding steps T"), ("temperature", "token sampling temperature (0: argmax)"),
+                       ("choice_temperature", "Gumbel noise on the confidences that pick the tokens to keep, "
+                                              "annealed to 0")]:
+        config.flag(parser, DecodeConfig(), name, help)
 
 
 def parser():
@@ -325,7 +317,7 @@ def main(argv=None):
         if args.image and args.prompt is not None and args.keep is None:
             raise ValueError("--image with --prompt is inpainting: add --keep x0,y0,x1,y1, "
                              "the part of the image to keep")
-        dcfg = decode_config(args)
+        dcfg = DecodeConfig(**config.fields_of(DecodeConfig, args))
         model, tokenizer, vq = upgen.load_run(args.ckpt)
         mcfg, size, n = model.cfg, vq.cfg.image_size, args.n
         length_key, key = jax.random.split(jax.random.key(args.seed))

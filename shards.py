@@ -15,7 +15,6 @@ train.py calls the last part of this file with the image tokenizer vqgan_train.i
 shards (load_corpus) and each step's batch drawn from them (local_batch). Read next: train.py.
 """
 import argparse
-import dataclasses
 import hashlib
 import io
 import itertools
@@ -311,7 +310,6 @@ def local_batch(corpus, step: int, counts, cfg: upgen.UPGenConfig, *, seed: int,
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = ShardsConfig()
     p.add_argument("--images", default="", help="a folder of a.jpg + a.txt, a .tar, or comma-separated .tar globs or "
                                                 "brace patterns ('dump/{00000..00099}.tar')")
     p.add_argument("--text", default="", help="unpaired text: a .txt file or folder, one document per line")
@@ -320,20 +318,18 @@ def main(argv=None):
     p.add_argument("--process", type=int, default=0, help="this process's index: it tokenises input files i with "
                                                           "i mod --processes == --process")
     p.add_argument("--processes", type=int, default=1, help="processes (hosts) that will train on the shards")
-    p.add_argument("--shard-size", type=int, default=d.shard_size, help="pictures per shard of a folder; text lines")
-    p.add_argument("--chunk", type=int, default=d.chunk, help="pictures per VQGAN call")
-    p.add_argument("--workers", type=int, default=d.workers, help="picture-decoding threads")
-    p.add_argument("--vocab-lines", type=int, default=d.vocab_lines, help="captions (and text lines) counted for "
-                                                                          "the word vocabulary")
-    p.add_argument("--max-words", type=int, default=d.max_words, help="words in the vocabulary")
-    p.add_argument("--text-tokens", type=int, default=d.text_tokens, help="text ids per example (train.py's too)")
-    p.add_argument("--held-out", type=float, default=d.held_out, help="share of pairs kept out of training, for "
-                                                                      "held-out figures (train.py's is the default)")
+    for name, help in [("shard_size", "pictures per shard of a folder; text lines"),
+                       ("chunk", "pictures per VQGAN call"), ("workers", "picture-decoding threads"),
+                       ("vocab_lines", "captions (and text lines) counted for the word vocabulary"),
+                       ("max_words", "words in the vocabulary"),
+                       ("text_tokens", "text ids per example (train.py's too)"),
+                       ("held_out", "share of pairs kept out of training, for held-out figures (train.py's: default)")]:
+        config.flag(p, ShardsConfig(), name, help)
     args = p.parse_args(argv)
     try:
         if not args.images or not args.out:
             raise ValueError("give --images and --out")
-        cfg = ShardsConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ShardsConfig)})
+        cfg = ShardsConfig(**config.fields_of(ShardsConfig, args))
         tokenise(args.images, args.vqgan, args.out, cfg, text=args.text, process=args.process,
                  processes=args.processes)
     except (ValueError, OSError) as e:

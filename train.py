@@ -524,8 +524,10 @@ def main(argv=None):
         values, given = parse(argv)
         if values["resume"] and state_files(Path(values["out"])):
             values = resumed(values, given, checkpoint.read_header(state_files(Path(values["out"]))[-1]))
-        tcfg, run = TrainConfig(**config.fields_of(TrainConfig, values)), RunConfig(**config.fields_of(RunConfig, values))
-        settings = upgen.UPGenConfig(**{"image_codes": 1, "text_vocab": 1, **config.fields_of(upgen.UPGenConfig, values)})
+        tcfg = TrainConfig(**config.fields_of(TrainConfig, values))
+        run = RunConfig(**config.fields_of(RunConfig, values))
+        settings = upgen.UPGenConfig(**{"image_codes": 1, "text_vocab": 1,
+                                        **config.fields_of(upgen.UPGenConfig, values)})
         if run.tpu or run.distributed:
             join_cluster(run)
         Path(run.out).mkdir(parents=True, exist_ok=True)

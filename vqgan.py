@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import checkpoint
+import config
 import data
 
 
@@ -43,8 +44,8 @@ class VQGANConfig:
     final_norm: bool = False
 
     def __post_init__(self):
-        if self.image_size % self.downsampling:
-            raise ValueError(f"image_size {self.image_size} is not divisible by {self.downsampling}")
+        config.check(self, [("image_size", self.image_size % self.downsampling == 0,
+                             f"is not divisible by the {self.downsampling} pixels of a token")])
 
     @property
     def downsampling(self):  # pixels per token along each side

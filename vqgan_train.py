@@ -25,6 +25,7 @@ import optax
 from tqdm import tqdm
 
 import checkpoint
+import config
 import data
 import shapes
 import vqgan
@@ -34,7 +35,7 @@ HELD_OUT_SEED = 12345  # pictures no tokenizer trains on (training uses seed 0 b
 
 @dataclass(frozen=True)
 class VQGANTrainConfig:
-    steps: int = 20_000  # optimizer steps, or fewer: the default budget of max_minutes ends the run first
+    steps: int = 20_000  # optimizer steps, or fewer: the default budget of minutes ends the run first
     batch_size: int = 4  # pictures per step: on a CPU, many small steps beat few large ones
     lr: float = 4e-3  # Adam's peak learning rate (linear warmup, then cosine decay to 0 at the end of the run)
     warmup: int = 20  # steps of learning-rate warmup
@@ -45,9 +46,15 @@ class VQGANTrainConfig:
     adam_betas: tuple[float, float] = (0.5, 0.9)  # taming-transformers' betas; the usual ones made runs unstable here
     restart_every: int = 50  # every this many steps, codes unused since the last check move onto latents
     train_pictures: int = 20_000  # size of the training pool (rendered once)
-    max_minutes: float | None = 4.5  # wall-clock budget: the run (and its cosine) ends at this or at steps,
-    #                                   whichever comes first; None runs every step
+    minutes: float = 4.5  # wall-clock budget: the run (and its cosine) ends at this or at steps, whichever comes
+    #                        first; 0 runs every step
     seed: int = 0  # seed of the weights and the training pictures
+
+    def __post_init__(self):
+        config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
+                            ("steps", "batch_size", "warmup", "restart_every", "train_pictures")] + [
+            (name, getattr(self, name) >= 0, "must be at least 0") for name in ("commitment", "edge_weight", "minutes")]
+            + [("lr", self.lr > 0, "must be positive")])
 
 
 def pixel_differences(x):  # (B, C, H, W) -> (B, C, H, W-1) across, (B, C, H-1, W) down
@@ -108,14 +115,14 @@ def train_vqgan(out_path, cfg=vqgan.VQGANConfig(), tcfg=VQGANTrainConfig(), imag
     vq = vqgan.init_vqgan(cfg, seed=tcfg.seed)
     optimizer = optax.scale_by_adam(*tcfg.adam_betas)  # Adam's direction; train_step scales it by the learning rate
     opt_state = optimizer.init(eqx.filter(vq, eqx.is_inexact_array))
-    budget = math.inf if tcfg.max_minutes is None else 60 * tcfg.max_minutes  # seconds
+    budget = 60 * tcfg.minutes if tcfg.minutes else math.inf  # seconds
     rng = np.random.default_rng(tcfg.seed)
     used = np.zeros(cfg.codebook_size, bool)
     bar = tqdm(range(tcfg.steps), desc="vqgan")
     for step in bar:
         done = max(step / tcfg.steps, (time.perf_counter() - start) / budget)  # share of the run behind us
         if done >= 1:
-            print(f"stopping at step {step}: the {tcfg.max_minutes}-minute budget is spent")
+            print(f"stopping at step {step}: the {tcfg.minutes}-minute budget is spent")
             break
         # the cosine follows steps or the clock, whichever is further on, so a timed run still ends at lr 0
         lr = tcfg.lr * min(1, (step + 1) / tcfg.warmup) * (1 + math.cos(math.pi * done)) / 2
@@ -179,7 +186,7 @@ def image_tokenizer(out: Path, given: str, images: str, minutes: float, log):
         held_out = pictures[:max(1, len(pictures) // 10)]  # (k, S, S, 3), never trained on
         log(f"image tokenizer: none given (--vqgan), training one on {len(pictures) - len(held_out)} of your "
             f"pictures into {path}")
-        budget = VQGANTrainConfig(max_minutes=minutes * USER_SHARE if minutes else None)
+        budget = VQGANTrainConfig(minutes=minutes * USER_SHARE)
         train_pictures = pictures[len(held_out):] if len(pictures) > 1 else pictures
         vq = train_vqgan(path, dataclasses.replace(vqgan.VQGANConfig(), codebook_size=USER_CODES), tcfg=budget,
                          images=train_pictures)
@@ -194,11 +201,10 @@ def main():
     parser.add_argument("--out", default="runs/shapes/vqgan.eqx",
                         help="where to write the tokenizer (train.py --out runs/shapes then uses it); the shipped "
                              "one pairs with checkpoints/shapes/upgen.eqx, so do not overwrite it")
-    parser.add_argument("--steps", type=int, default=VQGANTrainConfig.steps, help="optimizer steps")
-    parser.add_argument("--minutes", type=float, default=VQGANTrainConfig.max_minutes,
-                        help="wall-clock budget: training (and its learning-rate decay) ends at this or at --steps, "
-                             "whichever comes first; 0 for no budget")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and training pictures")
+    for name, help in [("steps", "optimizer steps"), ("seed", "seed of the weights and training pictures"),
+                       ("minutes", "wall-clock budget: training (and its learning-rate decay) ends at this or at "
+                                   "--steps, whichever comes first; 0 for no budget")]:
+        config.flag(parser, VQGANTrainConfig(), name, help)
     parser.add_argument("--eval-only", action="store_true", help="only evaluate the tokenizer at --out")
     parser.add_argument("--held-out", type=int, default=500, help="held-out pictures to evaluate on")
     args = parser.parse_args()
@@ -209,8 +215,7 @@ def main():
             vq = vqgan.load_vqgan(args.out)
         else:
             start = time.perf_counter()
-            tcfg = VQGANTrainConfig(steps=args.steps, max_minutes=args.minutes or None, seed=args.seed)
-            vq = train_vqgan(args.out, tcfg=tcfg)
+            vq = train_vqgan(args.out, tcfg=VQGANTrainConfig(**config.fields_of(VQGANTrainConfig, args)))
             print(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
         n = args.held_out
         images, _, labels = shapes.examples(n, seed=HELD_OUT_SEED, cfg=shapes.ShapesConfig(vq.cfg.image_size))

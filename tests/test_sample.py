@@ -283,9 +283,9 @@ def test_cli_odd_prompts_still_give_pictures(ckpt, tmp_path, capsys, prompt):
     (("--image", "missing.png"), "cannot read image"),
     (("--image", "shape.png", "--keep", "1,2"), "--keep"),
     (("--image", "shape.png", "--keep", "0,0,64,64"), "keeps the whole picture"),
-    (("--prompt", "a circle", "--temperature", "-1"), "temperature is -1.0: give 0"),
-    (("--prompt", "a circle", "--choice-temperature", "-1"), "choice temperature is -1.0"),
-    (("--prompt", "a circle", "--steps", "0"), "steps is 0"),
+    (("--prompt", "a circle", "--temperature", "-1"), "--temperature -1 must be 0 (argmax) or more"),
+    (("--prompt", "a circle", "--choice-temperature", "-1"), "--choice-temperature -1 must be 0"),
+    (("--prompt", "a circle", "--steps", "0"), "--steps 0 must be at least 1"),
     (("--n", "0"), "--n must be at least 1"),
     (("--keep", "0,0,8,8"), "--keep needs --image"),
     (("--image", "shape.png", "--prompt", "a circle"), "add --keep"),
@@ -317,6 +317,6 @@ def test_cli_captions_a_grid_picture_by_picture(ckpt, tmp_path, capsys):
 
 def test_decode_config_checks_its_settings():
     for bad in (dict(steps=0), dict(temperature=-0.5), dict(choice_temperature=-1.0)):
-        with pytest.raises(ValueError, match=next(iter(bad)).replace("_", " ")):
+        with pytest.raises(ValueError, match="--" + next(iter(bad)).replace("_", "-")):
             sample.DecodeConfig(**bad)
     assert sample.DecodeConfig(temperature=0, choice_temperature=0).steps == 12  # argmax and greedy are fine
