@@ -158,7 +158,7 @@ def check_manifest(manifest, folder, source, text, vq_hash, vq_path, cfg: Shards
         raise ValueError(f"{folder} was tokenised with another VQGAN than {vq_path}: give another folder or delete it")
     if manifest["text_tokens"] != cfg.text_tokens:
         raise ValueError(f"{folder} holds {manifest['text_tokens']} text tokens per example, not {cfg.text_tokens}")
-    if manifest.get("held_out", 0) != cfg.held_out:
+    if manifest["held_out"] != cfg.held_out:
         raise ValueError(f"{folder} holds out another share of the pairs: give another folder or delete it")
 
 
@@ -215,7 +215,7 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
     save_manifest(path, manifest)
     skipped = [s for shard in manifest["shards"] for s in shard["skipped"]]
     log(f"{sum(s['examples'] for s in manifest['shards'])} pictures in {len(manifest['shards'])} shard(s), "
-        f"{sum(s.get('held_out', 0) for s in manifest['shards'])} held out; skipped {len(skipped)} (listed in "
+        f"{sum(s['held_out'] for s in manifest['shards'])} held out; skipped {len(skipped)} (listed in "
         f"{path})" + "".join(f"; {s}" for s in skipped[:3]))
     return manifest
 
@@ -247,7 +247,7 @@ def open_shards(folder, vq_path, process=0, processes=1):
 def held_out_rows(folder, n):
     """Up to n held-out pairs of every process's finished shards in folder, spread over them -> uint16 (k, Ni + Nt)."""
     files = [Path(folder) / s["file"].replace("images-", "held-out-") for path in sorted(Path(folder).glob(
-        "manifest-*.json")) for s in json.loads(path.read_text())["shards"] if s.get("held_out")]
+        "manifest-*.json")) for s in json.loads(path.read_text())["shards"] if s["held_out"]]
     rows = np.concatenate([np.load(f) for f in files]) if files else np.zeros((0, 0), np.uint16)
     return rows[np.unique(np.linspace(0, len(rows) - 1, min(n, len(rows))).astype(int))]
 
@@ -258,14 +258,13 @@ def held_out_rows(folder, n):
 KINDS = (upgen.PAIRED, upgen.IMAGE_ONLY, upgen.TEXT_ONLY)
 
 
-def load_corpus(images, n_shapes, text, seed, vq_path, folder: Path, out: Path, text_tokens: int, log, *,
+def load_corpus(source, n_shapes, text, seed, vq_path, folder: Path, out: Path, text_tokens: int, log, *,
                 process=0, processes=1):
     """-> (the text tokenizer of the shards, this process's image shards, its text shards), memory-mapped.
 
-    Tokenises first what folder lacks: each process only its own input files. The shapes world (images == "")
+    Tokenises first what folder lacks: each process only its own input files. The shapes world (source == "")
     takes the same path as any dataset: n_shapes examples rendered into out/shapes/ as .tar shards, then tokenised."""
     cfg = ShardsConfig(text_tokens=text_tokens)
-    source = images
     if not source:
         tars = render_shapes(out / "shapes", n_shapes, seed, cfg, process=process, processes=processes)
         source = f"{out / 'shapes'}/shapes-{{00000..{len(tars) - 1:05d}}}.tar"
@@ -291,20 +290,20 @@ def draw(arrays, n, rng):
     return out
 
 
-def local_batch(corpus, step: int, counts, cfg: upgen.UPGenConfig, *, seed: int, process: int = 0):
+def local_batch(corpus, step: int, counts, mcfg: upgen.UPGenConfig, *, seed: int, process: int = 0):
     """This host's rows of step's batch: tokens int32 (b, L), kinds int32 (b,).
 
     corpus = (image shards (n_s, image_tokens + text_tokens), text shards (n_s, text_tokens)), this host's own.
     A pure function of (seed, step, process), drawn with replacement: a resumed run sees exactly the batches it
     would have seen, and no host reads another's data."""
-    images, texts = corpus
+    image_shards, text_shards = corpus
     paired, image_only, text_only = counts
     rng = np.random.default_rng([seed, step, process])
-    pictures = draw(images, paired + image_only, rng).astype(np.int32)  # (paired + image_only, Ni + Nt)
-    codes, captions = pictures[:, :cfg.image_tokens], pictures[:paired, cfg.image_tokens:]
-    tokens = np.concatenate([upgen.make_sequence(codes[:paired], captions, cfg),
-                             upgen.make_sequence(codes[paired:], None, cfg),
-                             upgen.make_sequence(None, draw(texts, text_only, rng).astype(np.int32), cfg)])
+    rows = draw(image_shards, paired + image_only, rng).astype(np.int32)  # (paired + image_only, Ni + Nt)
+    codes, captions = rows[:, :mcfg.image_tokens], rows[:paired, mcfg.image_tokens:]
+    tokens = np.concatenate([upgen.make_sequence(codes[:paired], captions, mcfg),
+                             upgen.make_sequence(codes[paired:], None, mcfg),
+                             upgen.make_sequence(None, draw(text_shards, text_only, rng).astype(np.int32), mcfg)])
     return tokens, np.repeat(np.array(KINDS, np.int32), counts)
 
 

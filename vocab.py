@@ -72,4 +72,4 @@ def build_tokenizer(texts, length=16, max_words=8192):
 
 def tokenizer_from_header(fields: dict) -> Tokenizer:
     """The Tokenizer saved in a checkpoint header (JSON turns its tuples into lists)."""
-    return Tokenizer(tuple(fields["words"]), fields["length"], tuple(fields.get("caption_lengths", ())))
+    return Tokenizer(tuple(fields["words"]), fields["length"], tuple(fields["caption_lengths"]))
