@@ -31,12 +31,13 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-import data
+import config
 import sample
 import shards
 import train
 import upgen
 import vqgan
+import vqgan_train
 
 ROUNDS = 5  # alternating rounds of each side of a comparison; the median of them is printed
 
@@ -225,7 +226,7 @@ def bench_shards(n, folder, vq_path, steps=50):
     figures = {"render_s": rendered - start, "pictures_per_s": n / (time.perf_counter() - rendered),
                "tokenise_rss_mb": peak_rss_mb()}
     tokenizer, *corpus = shards.open_shards(folder / "shards", vq_path)
-    mcfg = shards.model_config(upgen.UPGenConfig(image_codes=1, text_vocab=1), vqgan.load_vqgan(vq_path).cfg,
+    mcfg = upgen.model_config(upgen.UPGenConfig(image_codes=1, text_vocab=1), vqgan.load_vqgan(vq_path).cfg,
                                tokenizer)
     tcfg = train.TrainConfig()
     trainer, counts = train.make_trainer(tcfg), shards.kind_counts(tcfg.batch, tcfg.mix)
@@ -370,7 +371,7 @@ def print_plan(mcfg, tcfg, devices, peak, mfu, steps):
 
 def run_plan(args, argv):
     """--plan: runs itself again with --plan-here in a process that fakes the devices (XLA reads its flags once)."""
-    mcfg = dataclasses.replace(upgen.VIT_L, **data.fields_of(upgen.UPGenConfig, args))
+    mcfg = dataclasses.replace(upgen.VIT_L, **config.fields_of(upgen.UPGenConfig, args))
     tcfg = train.TrainConfig(batch=args.batch or PLAN_BATCH, accum=args.accum, remat=args.remat)
     fake = min(args.devices, PLAN_DEVICES)
     if args.devices < 1 or tcfg.batch % args.devices or (tcfg.batch // args.devices) % tcfg.accum:
@@ -400,9 +401,9 @@ def main(argv=None):
     g.add_argument("--plan-here", action="store_true", help="what --plan runs in a subprocess with fake devices")
     for name in ("width", "depth", "heads", "mlp", "image_tokens", "text_tokens", "image_codes", "text_vocab",
                  "compute_dtype"):
-        data.flag(g, upgen.VIT_L, name, f"model {name.replace('_', ' ')} (default: the paper's ViT-L)")
-    data.flag(g, train.TrainConfig(), "accum", "micro-batches per step")
-    data.flag(g, train.TrainConfig(), "remat", "recompute each block's activations in the backward pass")
+        config.flag(g, upgen.VIT_L, name, f"model {name.replace('_', ' ')} (default: the paper's ViT-L)")
+    config.flag(g, train.TrainConfig(), "accum", "micro-batches per step")
+    config.flag(g, train.TrainConfig(), "remat", "recompute each block's activations in the backward pass")
     g.add_argument("--devices", type=int, default=PLAN_DEVICES_PAPER, help="data-parallel devices of the run "
                    "(a TPUv3-512 pod: 512 TensorCores, 2 per chip, 16 GiB each)")
     g.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilisation the step time assumes")
@@ -411,7 +412,7 @@ def main(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=(20_000, 200_000), help="pictures per --shards run")
     p.add_argument("--shards-one", type=int, default=0, help="what --shards runs in a subprocess: one size, in --out")
     p.add_argument("--out", default="", help="--shards-one's folder")
-    p.add_argument("--vqgan", default=str(shards.SHAPES_VQGAN), help="--shards: the image tokenizer")
+    p.add_argument("--vqgan", default=str(vqgan_train.SHAPES_VQGAN), help="--shards: the image tokenizer")
     p.add_argument("--grid", action="store_true", help="the train step against the reference over bench.GRID's shapes")
     p.add_argument("--decode", action="store_true", help="time the compiled decode against single forward passes")
     p.add_argument("--ckpt", default="checkpoints/shapes", help="--decode: folder holding upgen.eqx")

@@ -1,23 +1,20 @@
-"""Data for upgen: image-text files on disk, text corpora, the text tokenizer, checkpoint files written
-atomically, config checks and flags, and running a jitted function over many rows in fixed-size batches.
+"""Data for upgen: image-caption files on disk (folders, .tar shards) and text corpora, read as streams; and
+running a jitted function over many rows of an array in fixed-size batches.
+
+The text tokenizer is vocab.py, checkpoint files checkpoint.py, settings config.py.
 
 The built-in shapes world lives in shapes.py. Read next: vqgan.py (pictures -> tokens), then upgen.py.
 """
 
-import dataclasses
-import errno
-import functools
+import glob
 import io
 import itertools
-import json
 import os
 import re
-import socket
 import tarfile
-from dataclasses import dataclass
+import zlib
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,10 +22,12 @@ from PIL import Image
 from tqdm import tqdm
 
 # ----------------------------------------------------------------------------------------------
-# Image-text files on disk, streamed one pair at a time (shards.py tokenises them into shards)
+# Image-text files on disk, streamed one pair at a time (shards.py tokenises them into shards; vqgan_train.py
+# trains a run's tokenizer on a sample of them)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 MIN_SIDE = 16  # smaller pictures (1x1 tracking pixels, icons) would be upscaled into a blur: not worth learning
+HELD_OUT = 1 / 32  # share of pairs no tokenizer and no step trains on (a hash of their names), for held-out figures
 
 
 def load_image(file, size):
@@ -92,6 +91,71 @@ def folder_pairs(paths, pictures=True):
         yield str(path), path if pictures and not why else None, caption, why
 
 
+def expand(pattern):
+    """Brace ranges as WebDataset writes them: 'a/{000..002}.tar' -> ['a/000.tar', 'a/001.tar', 'a/002.tar']."""
+    m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    if not m:
+        return [pattern]
+    head, tail, first = pattern[:m.start()], pattern[m.end():], m.group(1)
+    return [p for i in range(int(first), int(m.group(2)) + 1) for p in expand(f"{head}{i:0{len(first)}d}{tail}")]
+
+
+def input_files(source, shard_size):
+    """source: a folder, a .tar, or comma-separated .tar globs / brace patterns -> its input files, in order:
+    ("tar", path) per .tar, or ("folder", paths) per shard_size pictures of a folder."""
+    paths = []
+    for pattern in (p for part in source.split(",") if part for p in expand(part)):
+        found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern] * os.path.exists(pattern)
+        if not found:
+            raise FileNotFoundError(f"no data at {pattern}: give a folder of pictures with .txt captions, .tar "
+                                    "shards, or a pattern such as 'dump/{00000..00099}.tar'")
+        paths += [Path(p) for p in found]
+    if len(paths) == 1 and paths[0].is_dir():
+        tars, pictures = sorted(paths[0].rglob("*.tar")), picture_files(paths[0])
+        if tars:
+            return [("tar", t) for t in tars]
+        if not pictures:
+            raise ValueError(f"no pictures or .tar shards in {paths[0]}")
+        return [("folder", pictures[i:i + shard_size]) for i in range(0, len(pictures), shard_size)]
+    return [("tar", p) for p in paths]
+
+
+def pairs(file, pictures=True):
+    """The (name, picture, caption, why) of every pair of an input file of input_files, in order."""
+    kind, path = file
+    return tar_pairs(path, pictures) if kind == "tar" else folder_pairs(path, pictures)
+
+
+def describe(file):
+    kind, path = file
+    return str(path) if kind == "tar" else f"{path[0]} .. {path[-1]} ({len(path)} pictures)"
+
+
+def is_held_out(name, share=HELD_OUT):
+    """Whether a pair is in the held-out slice: a hash of its key (a .tar member's, or a picture's file name
+    without folder and suffix), so every host, run and copy of the data agrees, and the slice is spread over it."""
+    key = name.rsplit(":", 1)[1] if ":" in name else Path(name).stem  # tar_pairs names pairs "path:key"
+    return zlib.crc32(key.encode()) < share * 2 ** 32
+
+
+def decode_pair(name, picture, caption, why, size):
+    """One pair -> (picture uint8 (size, size, 3), caption, "") or (None, None, "name: why") to skip it."""
+    if why:
+        return None, None, f"{name}: {why}"
+    try:
+        return load_image(picture, size), caption, ""
+    except ValueError as e:
+        return None, None, f"{name}: {e}"
+
+
+def no_pairs_error(source, skipped):
+    """The one-line error for a source none of whose pictures can be used, from the reasons they were skipped."""
+    if skipped and all(why.endswith(": no caption") for why in skipped):
+        return ValueError(f"no picture in {source} has a caption: pictures need a caption file a.txt beside a.jpg")
+    return ValueError(f"no readable image-caption pairs in {source}: {len(skipped)} pictures could not be read"
+                      + (f" (first: {skipped[0]})" if skipped else ""))
+
+
 def text_lines(path):
     """Unpaired text, streamed: one document per non-empty line, from a .txt file or a folder of them."""
     path = Path(path)
@@ -100,172 +164,6 @@ def text_lines(path):
     for file in [path] if path.is_file() else sorted(path.rglob("*.txt")):
         with open(file, encoding="utf-8", errors="replace") as f:
             yield from (line.strip() for line in f if line.strip())
-
-
-# ----------------------------------------------------------------------------------------------
-# The text tokenizer
-#
-# Words, with a byte fallback. A word vocabulary built from the training text keeps captions short
-# (8-12 tokens for the shapes world instead of ~40 bytes), so the model fills few text slots when it
-# writes a caption; any word not in the vocabulary is spelled out in UTF-8 bytes, so every string
-# encodes, nothing needs downloading, and decoding gives back readable text. The vocabulary is saved
-# in the checkpoint header with the model.
-
-PAD, MASK = 0, 1
-N_SPECIAL, N_BYTES = 2, 256
-WORD = re.compile(r"\w+|[^\w\s]")
-
-
-@dataclass(frozen=True)
-class Tokenizer:
-    words: tuple[str, ...]  # the word vocabulary; ids N_SPECIAL + N_BYTES + i
-    length: int = 16  # every text is truncated or padded with PAD to this many tokens
-    caption_lengths: tuple[int, ...] = ()  # training captions of 1, 2, ..., length tokens: how many of each.
-    #                                        Captioning needs it (sample.write_text); () = unknown
-
-    @property
-    def vocab_size(self):
-        return N_SPECIAL + N_BYTES + len(self.words)
-
-    @functools.cached_property
-    def word_ids(self):  # built once: per call it cost ~1 ms a caption at 8192 words, 0.01 ms once cached
-        return {w: N_SPECIAL + N_BYTES + i for i, w in enumerate(self.words)}
-
-    def encode(self, text):
-        """str -> int32 (length,): lower-cased words; unknown words as bytes; then PAD."""
-        index = self.word_ids
-        ids = []
-        for word in WORD.findall(text.lower()):
-            if word in index:
-                ids.append(index[word])
-            else:  # the space goes with the bytes, so that decoding keeps unknown words apart
-                ids.extend(N_SPECIAL + b for b in (" " + word).encode("utf-8"))
-        ids = ids[: self.length]
-        return np.array(ids + [PAD] * (self.length - len(ids)), np.int32)
-
-    def decode(self, ids):
-        """int ids -> str; PAD and MASK are dropped."""
-        out = bytearray()
-        for i in (int(i) for i in ids):
-            if i >= N_SPECIAL + N_BYTES and i < self.vocab_size:
-                out += (" " + self.words[i - N_SPECIAL - N_BYTES]).encode("utf-8")
-            elif i >= N_SPECIAL and i < N_SPECIAL + N_BYTES:
-                out.append(i - N_SPECIAL)
-        return out.decode("utf-8", "replace").strip()
-
-
-def build_tokenizer(texts, length=16, max_words=8192):
-    """The max_words most frequent words of texts (ties in first-seen order) as a Tokenizer.
-
-    Streams texts with bounded memory: past 16 * max_words distinct words, the rarer half of the counts is
-    dropped (the frequent words of a large corpus stay, a rare word's count restarts), first-seen order kept."""
-    counts = {}
-    for text in texts:
-        for word in WORD.findall(text.lower()):
-            counts[word] = counts.get(word, 0) + 1
-        if len(counts) > 16 * max_words:
-            keep = set(sorted(counts, key=lambda w: -counts[w])[:8 * max_words])
-            counts = {w: c for w, c in counts.items() if w in keep}
-    words = sorted(counts, key=lambda w: -counts[w])[:max_words]
-    return Tokenizer(tuple(words), length)
-
-
-def tokenizer_from_header(fields: dict) -> Tokenizer:
-    """The Tokenizer saved in a checkpoint header (JSON turns its tuples into lists)."""
-    return Tokenizer(tuple(fields["words"]), fields["length"], tuple(fields.get("caption_lengths", ())))
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoint files: one JSON header line (configs, step, tokenizer), then the arrays written by
-# eqx.tree_serialise_leaves. Loading rebuilds the tree's skeleton from the header, then fills it.
-
-
-def write_atomically(path, write):
-    """write(file object) into path, all or nothing: a crash or a full disk mid-write leaves what was at path.
-
-    The temporary name is this process's own, so hosts sharing a folder never write into each other's file."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        hint = ": the disk is full; free space and rerun to continue" if e.errno == errno.ENOSPC else ""
-        raise OSError(e.errno, f"writing {path} failed ({e.strerror or e}){hint}") from None
-
-
-def save_checkpoint(path, header, tree):
-    """Atomically (write_atomically): a crash mid-write leaves the previous file at path untouched."""
-    def write(f):
-        f.write((json.dumps(header) + "\n").encode())
-        eqx.tree_serialise_leaves(f, tree)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, write)
-
-
-def read_header(path):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    with open(path, "rb") as f:
-        try:
-            return json.loads(f.readline())
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError(f"{path} is not an upgen checkpoint (its first line is no JSON header)") from None
-
-
-def load_checkpoint(path, skeleton):
-    """-> (header, tree), where skeleton(header) builds a tree of the right structure to fill."""
-    header = read_header(path)
-    with open(path, "rb") as f:
-        f.readline()
-        try:
-            tree = eqx.tree_deserialise_leaves(f, skeleton(header))
-        except Exception as e:  # numpy/equinox raise EOFError, ValueError, ... on broken files
-            why = f"{path} is truncated or does not match its header ({type(e).__name__}: {e})"
-            raise ValueError(why[:300]) from None
-        if f.read(1):
-            raise ValueError(f"{path} is longer than its header says: not a checkpoint of this model")
-    return header, tree
-
-
-# ----------------------------------------------------------------------------------------------
-# Configs: each config dataclass checks its fields in __post_init__; a command line maps one flag onto each
-
-
-def check(cfg, rules):
-    """Raises a one-line ValueError for the first field of cfg that breaks its rule: rules = [(field, ok, rule)]."""
-    for name, ok, rule in rules:
-        if not ok:
-            value = getattr(cfg, name)
-            if isinstance(value, tuple):
-                value = " ".join(map(str, value))
-            elif isinstance(value, (int, float)):
-                value = f"{value:g}"
-            raise ValueError(f"--{name.replace('_', '-')} {value} {rule}")
-
-
-def flag(group, cfg, name, help, **kw):
-    """--name (dashes for underscores) for the field `name` of cfg, with the field's value as its default."""
-    default = getattr(cfg, name)
-    if isinstance(default, bool):
-        kw["action"] = "store_true"
-    elif isinstance(default, tuple):
-        kw.update(type=type(default[0]), nargs=len(default))
-    elif default is not None:
-        kw.setdefault("type", type(default))
-    group.add_argument("--" + name.replace("_", "-"), default=default, help=help, **kw)
-
-
-def fields_of(cls, values):
-    """The values that name fields of the dataclass cls -> {field: value}. values: parsed flags (an
-    argparse.Namespace), or a checkpoint header's dict (fields it lacks keep their defaults)."""
-    values = values if isinstance(values, dict) else vars(values)
-    return {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,11 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import config
 import data
+import pictures
 import sample
 import shapes
 import shards
 import upgen
+import vocab
 import vqgan
 
 # ---------------------------------------------------------------------------------------------------
@@ -91,8 +94,8 @@ class ShapesEvalConfig:
     batch: int = 256  # sequences per compiled decode; image->text decodes a caption of every length: batch // 8
 
     def __post_init__(self):
-        if min(self.captioned, self.unconditional, self.inpainted, self.batch // 8) < 1:
-            raise ValueError(f"{self}: every count must be at least 1 and the batch at least 8")
+        config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
+                            ("captioned", "unconditional", "inpainted")] + [("batch", self.batch >= 8, "must be >= 8")])
 
 
 CAPTION_SEED, INPAINT_SEED = 20261125, 20261126  # fresh pictures: no training run uses these seeds
@@ -127,7 +130,7 @@ def inpainting_cases(n, seed, cfg=shapes.ShapesConfig(), grid=8):
 def draw(vq, mcfg, f, x, batch, *, key):
     """f(chunk of x, key) -> states, in batches -> (final states (n, L), what read_picture sees in each)."""
     finals = data.in_batches(lambda chunk, k: f(chunk, k)[-1], x, batch, key=key)
-    return finals, [shapes.read_picture(p) for p in sample.pictures(vq, finals, mcfg)]
+    return finals, [shapes.read_picture(p) for p in pictures.from_tokens(vq, finals, mcfg)]
 
 
 def text_to_image(model, tokenizer, vq, dcfg, batch, *, key):
@@ -170,9 +173,9 @@ def inpainting(model, tokenizer, vq, dcfg, n, *, key):
     images, keep, labels = inpainting_cases(n, seed=INPAINT_SEED)
     texts = np.stack([tokenizer.encode(shapes.canonical_caption(lab)) for lab in labels])
     tokens, states = sample.inpaint(model, vq, images, keep, texts, dcfg, key=key)
-    drawn = sample.pictures(vq, states[-1], mcfg)
+    drawn = pictures.from_tokens(vq, states[-1], mcfg)
     right = np.array([shapes.read_picture(p) == tuple(lab) for p, lab in zip(drawn, labels)])
-    kept = sample.cell_pixels(keep, images.shape[1])[..., 0]  # (n, S, S)
+    kept = pictures.cell_pixels(keep, images.shape[1])[..., 0]  # (n, S, S)
     same_tokens = np.all((states[-1] == tokens)[:, :mcfg.image_tokens] | ~keep, axis=1)
     same_pixels = np.all((np.abs(drawn.astype(int) - images).max(-1) <= KEPT_TOLERANCE) | ~kept, axis=(1, 2))
     return tuple(float(x.mean()) for x in (right & same_tokens & same_pixels, right, same_tokens, same_pixels))
@@ -212,13 +215,13 @@ def print_shapes_eval(f, ecfg=ShapesEvalConfig()):
 # ---------------------------------------------------------------------------------------------------
 # Any folder: the run's held-out pairs (shards.held_out_rows), which no tokenizer and no step trained on
 
-HELD_OUT_PAIRS = 500  # held-out pairs an eval reads at most
+EVAL_PAIRS = 500  # held-out pairs an eval reads at most (a run's own report at its end reads fewer)
 
 
 def caption_scores(written, wanted):
     """Tokenizer ids (n, Nt) written and wanted -> (share of captions exactly right, share of the wanted tokens
     written in their place)."""
-    real = wanted != data.PAD
+    real = wanted != vocab.PAD
     return float(np.all(written == wanted, axis=1).mean()), float(((written == wanted) & real).sum() / real.sum())
 
 
@@ -258,8 +261,8 @@ def caption_log_likelihoods(model, codes, candidates, prior):
     its length (sample.length_prior) plus its words' log-probabilities, all hidden at once as image->text begins
     -> float32 (B, C)."""
     mcfg, (B, C) = model.cfg, (len(codes), len(candidates))
-    real = candidates != data.PAD  # (C, Nt)
-    hidden = upgen.make_sequence(codes[:, None], jnp.where(real, data.MASK, data.PAD), mcfg)  # (B, C, L)
+    real = candidates != vocab.PAD  # (C, Nt)
+    hidden = upgen.make_sequence(codes[:, None], jnp.where(real, vocab.MASK, vocab.PAD), mcfg)  # (B, C, L)
     wanted = upgen.make_sequence(codes[:, None], candidates, mcfg)  # (B, C, L)
     log_p = sample.token_log_probs(model, hidden.reshape(B * C, -1), wanted.reshape(B * C, -1))  # (B * C, L)
     words = jnp.where(real, log_p[:, mcfg.image_tokens:].reshape(B, C, -1), 0).sum(-1)  # (B, C)
@@ -302,7 +305,7 @@ def held_out_eval(model, tokenizer, vq, rows, references, dcfg, *, key, batch=32
     exact, words = caption_scores(data.in_batches(caption, codes, batch, key=i2t_key), captions)
     drawn = data.in_batches(lambda s, k: sample.generate(model, s, dcfg, sample.TEXT_GUIDANCE, key=k)[-1],
                             sample.inputs(mcfg, len(rows), text=captions), 8 * batch, key=t2i_key)  # (n, L)
-    again = vqgan.encode_images(vq, sample.pictures(vq, drawn, mcfg))  # (n, Ni)
+    again = vqgan.encode_images(vq, pictures.from_tokens(vq, drawn, mcfg))  # (n, Ni)
     back, _ = caption_scores(data.in_batches(caption, again, batch, key=back_key), captions)
     return {"pairs": len(rows), **validation_loss(model, rows), "image->text exact": exact, "image->text words":
             words, **read_by_nearest(vq, again, rows, references), "text->image captioned back": back,
@@ -315,7 +318,7 @@ def draw_captions(model, vq, tokenizer, rows, n, path, *, key):
     prompts = [captions[i] for i in np.unique(np.linspace(0, len(captions) - 1, n).astype(int))]
     tokens = sample.inputs(model.cfg, len(prompts), text=np.stack([tokenizer.encode(p) for p in prompts]))
     states = sample.generate(model, tokens, sample.DecodeConfig(), sample.TEXT_GUIDANCE, key=key)  # (T, n, L)
-    sample.save_grid(sample.pictures(vq, states[-1], model.cfg)[None], path)
+    pictures.save_grid(pictures.from_tokens(vq, states[-1], model.cfg)[None], path)
     return prompts
 
 
@@ -346,21 +349,20 @@ def main(argv=None):
     p.add_argument("--ckpt", default="checkpoints/shapes", help="folder with upgen.eqx and vqgan.eqx")
     p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same figures")
     sample.decode_flags(p)
-    p.add_argument("--captioned", type=int, default=ShapesEvalConfig.captioned,
-                   help="fresh pictures to caption (image->text)")
-    p.add_argument("--unconditional", type=int, default=ShapesEvalConfig.unconditional,
-                   help="unconditional (picture, caption) pairs to draw")
-    p.add_argument("--inpainted", type=int, default=ShapesEvalConfig.inpainted, help="fresh inpainting tasks")
+    for name, help in [("captioned", "fresh pictures to caption (image->text)"),
+                       ("unconditional", "unconditional (picture, caption) pairs to draw"),
+                       ("inpainted", "fresh inpainting tasks")]:
+        config.flag(p, ShapesEvalConfig(), name, help)
     p.add_argument("--shards", help="the run's token shards, whose held-out pairs are read (default: CKPT/shards)")
     args = p.parse_args(argv)
     folder = Path(args.shards or Path(args.ckpt) / "shards")
     shapes_world = not folder.exists() or (Path(args.ckpt) / "shapes").exists()  # train.py renders shapes there
     figures, key = {}, jax.random.key(args.seed)
     try:
-        dcfg = sample.decode_config(args)
-        ecfg = ShapesEvalConfig(args.captioned, args.unconditional, args.inpainted)
-        model, tokenizer, vq = sample.load(args.ckpt)
-        rows = shards.held_out_rows(folder, HELD_OUT_PAIRS) if not shapes_world else []
+        dcfg = sample.DecodeConfig(**config.fields_of(sample.DecodeConfig, args))
+        ecfg = ShapesEvalConfig(**config.fields_of(ShapesEvalConfig, args))
+        model, tokenizer, vq = upgen.load_run(args.ckpt)
+        rows = shards.held_out_rows(folder, EVAL_PAIRS) if not shapes_world else []
         if len(rows):  # the shapes world's captions vary in wording: its own eval below reads what they say
             references = shards.held_out_rows(folder, READER_PICTURES, training=True)
             figures["held out"] = held_out_eval(model, tokenizer, vq, rows, references, dcfg, key=key)

@@ -20,12 +20,12 @@ import jax
 import numpy as np
 import optax
 
+import config
 import data
 import evaluate
-import sample
 import shapes
 import shards
-from upgen import UPGen, make_sequence
+from upgen import UPGen, load_run, make_sequence
 from vqgan import encode_images
 
 
@@ -36,6 +36,12 @@ class ProbeConfig:
     learning_rate: float = 1e-2   # AdamW step size, on standardised features
     weight_decay: float = 1e-4    # AdamW's decoupled weight decay on the classifier
     test_fraction: float = 0.2    # share of the examples held out for scoring
+
+    def __post_init__(self):
+        config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in ("epochs", "batch_size")]
+                     + [("learning_rate", self.learning_rate > 0, "must be positive"), ("weight_decay",
+                         self.weight_decay >= 0, "must be at least 0"), ("test_fraction", 0 < self.test_fraction < 1,
+                                                                          "must be in (0, 1)")])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,8 +189,7 @@ def main(argv=None):
                         help="shapes-world pictures to probe on, train and held out")
     parser.add_argument("--layer", type=int,
                         help="probe this one layer (0 = first, -1 = last); default all, concatenated")
-    parser.add_argument("--epochs", type=int, default=ProbeConfig.epochs,
-                        help="passes of the classifier over the training split")
+    config.flag(parser, ProbeConfig(), "epochs", "passes of the classifier over the training split")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the shapes pictures, the split, random init and the probe")
     parser.add_argument("--held-out", action="store_true", help="the classes are the captions of the run in "
@@ -192,7 +197,7 @@ def main(argv=None):
                         "beside zero-shot")
     args = parser.parse_args(argv)
     try:
-        model, tokenizer, vq = sample.load(args.ckpt)
+        model, tokenizer, vq = load_run(args.ckpt)
         if args.held_out:
             f = held_out_probe(model, tokenizer, Path(args.ckpt) / "shards", ProbeConfig(epochs=args.epochs),
                                layer=args.layer, key=jax.random.key(args.seed))
@@ -211,7 +216,7 @@ def main(argv=None):
                                  "use --folder")
             images, _, labels = shapes.examples(args.shapes, args.seed)
             tasks = list(shapes.LABELS)
-        cfg = ProbeConfig(epochs=args.epochs)
+        cfg = ProbeConfig(**config.fields_of(ProbeConfig, args))
         scores = probe(model, vq, images, labels, cfg, layer=args.layer, key=jax.random.key(args.seed))
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")

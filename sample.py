@@ -5,7 +5,7 @@ pictures and captions, and text-guided inpainting, all from one model.
     python sample.py --image picture.png                              # prints captions
     python sample.py --image picture.png --keep 0,0,32,64 --prompt "a small blue square in the top left"
     python sample.py                                                  # unconditional pictures and their captions
-    python sample.py --image samples.png                              # a grid save_grid wrote: picture by picture
+    python sample.py --image samples.png                              # a grid it wrote: picture by picture
 
 The decoder (first section) knows nothing about the model: it takes a tokens -> logits function.
 Read upgen.py first for the sequence layout [image tokens | text tokens] (upgen.make_sequence builds it).
@@ -16,16 +16,17 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
+import config
 import data
+import pictures
 import upgen
+import vocab
 import vqgan
 
 # ---------------------------------------------------------------------------------------------------
@@ -42,12 +43,9 @@ class DecodeConfig:
     choice_temperature: float = 4.5  # Gumbel noise on confidences (MaskGIT's ImageNet value), annealed to 0
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"steps is {self.steps}: decoding takes at least 1 step (MaskGIT: 8-12)")
-        if self.temperature < 0:
-            raise ValueError(f"temperature is {self.temperature}: give 0 (argmax) or more (1: the model's own)")
-        if self.choice_temperature < 0:
-            raise ValueError(f"choice temperature is {self.choice_temperature}: give 0 (greedy) or more")
+        config.check(self, [("steps", self.steps >= 1, "must be at least 1 (MaskGIT: 8-12)"),
+                            ("temperature", self.temperature >= 0, "must be 0 (argmax) or more (1: the model's own)"),
+                            ("choice_temperature", self.choice_temperature >= 0, "must be 0 (greedy) or more")])
 
 
 def mask_ratio(progress):
@@ -119,7 +117,7 @@ def allowed_ids(mcfg):
     """bool (L, V): image slots take image codes only, text slots real text tokens only (no PAD/MASK)."""
     ids = jnp.arange(mcfg.vocab_size)
     image = ids < mcfg.image_codes
-    text = ids >= mcfg.image_codes + data.MASK + 1  # text ids start with PAD, MASK
+    text = ids >= mcfg.image_codes + vocab.MASK + 1  # text ids start with PAD, MASK
     is_image_slot = jnp.arange(mcfg.seq_len)[:, None] < mcfg.image_tokens
     return jnp.where(is_image_slot, image[None], text[None])
 
@@ -180,7 +178,7 @@ def write_text(model, image_ids, prior, dcfg, *, key):
     length_score, index = jax.lax.top_k(prior, K)  # (K,) log p(k) of the likeliest lengths, and k - 1
     lengths = index + 1  # (K,)
     used = jnp.arange(Nt)[None] < lengths[:, None]  # (K, Nt)
-    text = jnp.where(used, data.MASK, data.PAD)  # (K, Nt)
+    text = jnp.where(used, vocab.MASK, vocab.PAD)  # (K, Nt)
     seqs = upgen.make_sequence(image_ids[:, None], text, mcfg).reshape(B * K, -1)  # (B*K, L)
     # Only the text slots are decoded: sampling and ranking the known picture's Ni slots would be wasted work.
     text_logits = lambda text: model_logits(model, jnp.concatenate([seqs[:, :Ni], text], -1))[:, Ni:]  # noqa: E731
@@ -195,7 +193,7 @@ def write_text(model, image_ids, prior, dcfg, *, key):
 
 def tokenizer_ids(mcfg, text):
     """Model ids of text slots (..., Nt) -> the text tokenizer's ids, PAD-padded."""
-    return jnp.where(text == mcfg.pad_id, data.PAD, text - mcfg.image_codes)
+    return jnp.where(text == mcfg.pad_id, vocab.PAD, text - mcfg.image_codes)
 
 
 @eqx.filter_jit
@@ -208,7 +206,7 @@ def unconditional(model, lengths, dcfg, guidance=0.0, *, key):
     draws it, with the same classifier-free guidance on that caption. Drawing the picture directly with no
     caption (text slots PAD, as image-only training data) gives fewer valid shapes pictures."""
     mcfg = model.cfg
-    text = jnp.where(jnp.arange(mcfg.text_tokens) < lengths[:, None], data.MASK, data.PAD)  # (n, Nt)
+    text = jnp.where(jnp.arange(mcfg.text_tokens) < lengths[:, None], vocab.MASK, vocab.PAD)  # (n, Nt)
     seqs = upgen.make_sequence(jnp.full(mcfg.image_tokens, mcfg.mask_id), text, mcfg)  # (n, L)
     caption_key, picture_key = jax.random.split(key)
     captioned = generate(model, seqs, dcfg, key=caption_key)[-1]
@@ -223,11 +221,11 @@ def draw_caption_lengths(tokenizer, n, *, key):
 def text_ids(tokenizer, prompt):
     """A prompt -> tokenizer ids (Nt,), with a note on stderr for what the model will not see."""
     words = set(tokenizer.words)
-    unknown = list(dict.fromkeys(w for w in data.WORD.findall(prompt.lower()) if w not in words))
+    unknown = list(dict.fromkeys(w for w in vocab.WORD.findall(prompt.lower()) if w not in words))
     if unknown:
         print(f"note: words the model never saw, spelled out in bytes: {' '.join(unknown[:10])}", file=sys.stderr)
     full = dataclasses.replace(tokenizer, length=len(prompt.encode("utf-8")) + 1).encode(prompt)
-    if (full != data.PAD).sum() > tokenizer.length:
+    if (full != vocab.PAD).sum() > tokenizer.length:
         print(f"note: the prompt is cut to its first {tokenizer.length} tokens", file=sys.stderr)
     return tokenizer.encode(prompt)
 
@@ -240,56 +238,6 @@ def inputs(mcfg, n, image=None, text=None, keep=None):
     if image is not None:
         image_part = np.where(True if keep is None else keep, image, mcfg.mask_id)
     return upgen.make_sequence(np.broadcast_to(image_part, (n, mcfg.image_tokens)), text, mcfg)  # (n, L)
-
-
-def keep_mask(box, image_path, mcfg, size):
-    """--keep x0,y0,x1,y1 in pixels of the image file -> bool (Ni,): tokens whose cell centre is in it."""
-    try:
-        x0, y0, x1, y1 = (float(v) for v in box.split(","))
-    except ValueError:
-        raise ValueError(f"--keep wants x0,y0,x1,y1 in pixels, got {box!r}") from None
-    with Image.open(image_path) as opened:
-        w, h = opened.size
-    side = min(w, h)  # data.load_image takes the centre square, then resizes it to size x size
-    scale, dx, dy = size / side, (w - side) // 2, (h - side) // 2
-    grid = int(math.isqrt(mcfg.image_tokens))
-    centre = (np.arange(grid) + 0.5) * size / grid  # cell centres, model pixels
-    inside_x = (centre >= (x0 - dx) * scale) & (centre <= (x1 - dx) * scale)
-    inside_y = (centre >= (y0 - dy) * scale) & (centre <= (y1 - dy) * scale)
-    keep = (inside_y[:, None] & inside_x[None, :]).reshape(-1)  # raster order, as the VQGAN's tokens
-    if not keep.any():
-        raise ValueError(f"--keep {box} holds no token centre; the image is {w}x{h} pixels")
-    if keep.all():
-        raise ValueError(f"--keep {box} keeps the whole picture: nothing to redraw; give a smaller box")
-    return keep
-
-
-# ---------------------------------------------------------------------------------------------------
-# Pictures out
-
-
-def pictures(vq, states, mcfg):
-    """States (..., L) -> uint8 pictures (..., H, W, 3); still-masked cells painted grey."""
-    image = np.asarray(states)[..., :mcfg.image_tokens]
-    masked = image == mcfg.mask_id
-    flat = np.where(masked, 0, image).reshape(-1, mcfg.image_tokens)
-    out = vqgan.decode_tokens(vq, flat)  # (N, H, W, 3)
-    out = np.where(cell_pixels(masked.reshape(-1, mcfg.image_tokens), out.shape[1]), 128, out).astype(np.uint8)
-    return out.reshape(*image.shape[:-1], *out.shape[1:])
-
-
-def cell_pixels(cells, size):
-    """bool (B, Ni) per token cell, raster order -> bool (B, size, size, 1) per pixel of a size x size picture."""
-    grid = int(math.isqrt(cells.shape[-1]))
-    return np.repeat(np.repeat(cells.reshape(-1, grid, grid), size // grid, 1), size // grid, 2)[..., None]
-
-
-def save_grid(images, path):
-    """uint8 (rows, cols, H, W, 3) -> one PNG with a 2-pixel white gap between pictures."""
-    padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)), constant_values=255)
-    rows = [np.concatenate(list(row), axis=1) for row in padded]
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
-    print(f"wrote {path}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -309,13 +257,13 @@ def inpaint(model, vq, images, keep, text, dcfg, guidance=INPAINT_GUIDANCE, *, k
     pixels' median colour, and the second encodes the kept pixels beside the first pass's drawing: its
     kept tokens describe the kept pixels in the company of what the prompt asks for."""
     size = images.shape[1]
-    kept = cell_pixels(keep, size)  # (B, S, S, 1)
+    kept = pictures.cell_pixels(keep, size)  # (B, S, S, 1)
     fill = np.stack([np.median(image[cells[..., 0]], axis=0) for image, cells in zip(images, kept)])  # (B, 3)
     redrawn = np.where(kept, images, fill[:, None, None].astype(np.uint8))
     for pass_key in jax.random.split(key, 2):
         tokens = inputs(model.cfg, len(images), vqgan.encode_images(vq, redrawn), text, keep)
         states = generate(model, tokens, dcfg, guidance, key=pass_key)
-        redrawn = np.where(kept, images, pictures(vq, states[-1], model.cfg))
+        redrawn = np.where(kept, images, pictures.from_tokens(vq, states[-1], model.cfg))
     return tokens, states
 
 
@@ -323,57 +271,9 @@ def inpaint(model, vq, images, keep, text, dcfg, guidance=INPAINT_GUIDANCE, *, k
 # Command line
 
 
-def load(ckpt):
-    """-> (UPGen, text tokenizer, VQGAN) from a folder holding upgen.eqx and vqgan.eqx."""
-    try:
-        model, tokenizer = upgen.load_upgen(Path(ckpt) / "upgen.eqx")
-        vq = vqgan.load_vqgan(Path(ckpt) / "vqgan.eqx")
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{e}; make a checkpoint with `python train.py --out {ckpt}`") from None
-    if (vq.cfg.codebook_size, vq.cfg.tokens_per_side ** 2) != (
-            model.cfg.image_codes, model.cfg.image_tokens):
-        raise ValueError(f"{ckpt}: vqgan.eqx and upgen.eqx do not belong together (codebook or token count differ)")
-    return model, tokenizer, vq
-
-
-def read_pictures(path, size):
-    """An image file -> (uint8 pictures (P, size, size, 3), (rows, columns) of the grid they came from):
-    every picture of a grid that save_grid wrote, else the centre square, with a note when that crops."""
-    centre = data.load_image(path, size)  # a one-line error for a file that is no image
-    with Image.open(path) as opened:
-        pixels = np.asarray(opened.convert("RGB"))  # (h, w, 3)
-    h, w = pixels.shape[:2]
-    cell = grid_cell(pixels)
-    if cell is None:
-        if h != w:
-            print(f"note: {path} is {w}x{h} pixels and no grid of square pictures: only its centre "
-                  f"{min(w, h)}x{min(w, h)} square is read", file=sys.stderr)
-        return centre[None], (1, 1)
-    rows, cols = h // cell, w // cell
-    crops = [pixels[r * cell + 1:(r + 1) * cell - 1, c * cell + 1:(c + 1) * cell - 1]  # inside the white frame
-             for r in range(rows) for c in range(cols)]
-    resized = [np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BICUBIC)) for crop in crops]
-    return np.stack(resized), (rows, cols)
-
-
-def grid_cell(pixels):
-    """uint8 (h, w, 3) -> the side of a save_grid cell (a square picture in a 1-pixel white frame), or None.
-    Only a non-square image whose long side is a multiple of its short side is taken for a grid."""
-    h, w = pixels.shape[:2]
-    white = np.all(pixels == 255, axis=-1)  # (h, w)
-    if h == w or max(h, w) % min(h, w) or white.all():
-        return None
-    for cell in range(data.MIN_SIDE + 2, min(h, w) + 1):  # the smallest: k x k cells also sit on the frames
-        y, x = np.arange(h) % cell, np.arange(w) % cell  # place of each row and column in its cell
-        framed = white[(y == 0) | (y == cell - 1)].all() and white[:, (x == 0) | (x == cell - 1)].all()
-        if min(h, w) % cell == 0 and framed:
-            return cell
-    return None
-
-
 def caption(model, tokenizer, vq, path, n, dcfg, *, key):
     """Prints n captions of the picture in an image file, or of each picture of a grid with its place in it."""
-    images, (rows, cols) = read_pictures(path, vq.cfg.image_size)
+    images, (rows, cols) = pictures.read_pictures(path, vq.cfg.image_size)
     codes = np.repeat(vqgan.encode_images(vq, images), n, axis=0)  # (P * n, Ni), each picture n times
     captions = [tokenizer.decode(ids) for ids in write_text(model, jnp.asarray(codes), length_prior(tokenizer),
                                                             dcfg, key=key)]
@@ -392,25 +292,12 @@ def prompt_ids(tokenizer, prompt):
     return text_ids(tokenizer, prompt) if prompt is not None and prompt.strip() else None
 
 
-def write_pictures(vq, states, mcfg, out, show_steps):
-    """Saves the final pictures of states (T, n, L) at out, and every step of each at <out>_steps.png."""
-    save_grid(pictures(vq, states[-1:], mcfg), out)
-    if show_steps:
-        save_grid(pictures(vq, jnp.swapaxes(states, 0, 1), mcfg), Path(out).with_name(Path(out).stem + "_steps.png"))
-
-
 def decode_flags(parser):
     """Adds the DecodeConfig flags, with its defaults (evaluate.py's command line shares them)."""
-    parser.add_argument("--steps", type=int, default=DecodeConfig.steps, help="decoding steps T")
-    parser.add_argument("--temperature", type=float, default=DecodeConfig.temperature,
-                        help="token sampling temperature (0: argmax)")
-    parser.add_argument("--choice-temperature", type=float, default=DecodeConfig.choice_temperature,
-                        help="Gumbel noise on the confidences that pick which tokens to keep, annealed to 0")
-
-
-def decode_config(args):
-    """The parsed decode_flags -> DecodeConfig, which checks them."""
-    return DecodeConfig(args.steps, args.temperature, args.choice_temperature)
+    for name, help in [("steps", "decoding steps T"), ("temperature", "token sampling temperature (0: argmax)"),
+                       ("choice_temperature", "Gumbel noise on the confidences that pick the tokens to keep, "
+                                              "annealed to 0")]:
+        config.flag(parser, DecodeConfig(), name, help)
 
 
 def parser():
@@ -442,8 +329,8 @@ def main(argv=None):
         if args.image and args.prompt is not None and args.keep is None:
             raise ValueError("--image with --prompt is inpainting: add --keep x0,y0,x1,y1, "
                              "the part of the image to keep")
-        dcfg = decode_config(args)
-        model, tokenizer, vq = load(args.ckpt)
+        dcfg = DecodeConfig(**config.fields_of(DecodeConfig, args))
+        model, tokenizer, vq = upgen.load_run(args.ckpt)
         mcfg, size, n = model.cfg, vq.cfg.image_size, args.n
         length_key, key = jax.random.split(jax.random.key(args.seed))
         if args.image and args.keep is None:  # image -> text
@@ -454,13 +341,13 @@ def main(argv=None):
             guidance = INPAINT_GUIDANCE if args.keep is not None else TEXT_GUIDANCE if prompt is not None else 0.0
         if args.keep is not None:
             image = np.repeat(data.load_image(args.image, size)[None], n, axis=0)  # (n, S, S, 3)
-            keep = np.tile(keep_mask(args.keep, args.image, mcfg, size), (n, 1))
+            keep = np.tile(pictures.keep_mask(args.keep, args.image, mcfg, size), (n, 1))
             _, states = inpaint(model, vq, image, keep, prompt, dcfg, guidance, key=key)
         elif prompt is None:  # unconditional: pictures drawn with captions of their own
             states = unconditional(model, draw_caption_lengths(tokenizer, n, key=length_key), dcfg, guidance, key=key)
         else:  # text -> image
             states = generate(model, inputs(mcfg, n, text=prompt), dcfg, guidance, key=key)
-        write_pictures(vq, states, mcfg, args.out, args.show_steps)
+        pictures.write_pictures(vq, states, mcfg, args.out, args.show_steps)
         if args.image is None and prompt is None:
             for ids in tokenizer_ids(mcfg, states[-1, :, mcfg.image_tokens:]):
                 print(tokenizer.decode(ids))

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+import config
+
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple")
 SIZES = ("large", "small")
@@ -42,6 +44,10 @@ SUPERSAMPLE = 4  # draw at 4x and downscale: pillow's polygons are not anti-alia
 class ShapesConfig:
     image_size: int = 64  # pictures are image_size x image_size RGB
     jitter: int = 3  # the shape's centre moves up to this many pixels from its anchor
+
+    def __post_init__(self):
+        config.check(self, [("image_size", self.image_size >= 16, "must be at least 16"),
+                            ("jitter", self.jitter >= 0, "must be at least 0")])
 
 
 def _outline(shape, box):

@@ -11,35 +11,31 @@ written under a temporary name, renamed when complete and then listed in the pro
 source, the VQGAN file's sha256, the vocabulary, each shard's examples, caption lengths and skipped files):
 a killed run restarts at the first shard not listed and writes the same bytes.
 
-train.py calls the last part of this file: the run's image tokenizer (image_tokenizer), its shards
-(load_corpus) and each step's batch drawn from them (local_batch). Read next: train.py.
+train.py calls the last part of this file with the image tokenizer vqgan_train.image_tokenizer chose: the run's
+shards (load_corpus) and each step's batch drawn from them (local_batch). Read next: train.py.
 """
 import argparse
-import dataclasses
-import glob
 import hashlib
 import io
 import itertools
 import json
-import os
-import re
 import sys
 import tarfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import jax
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+import checkpoint
+import config
 import data
 import shapes
 import upgen
+import vocab
 import vqgan
-import vqgan_train
 
 
 @dataclass(frozen=True)
@@ -50,10 +46,10 @@ class ShardsConfig:
     vocab_lines: int = 100_000  # captions, then as many text lines, counted for the word vocabulary
     max_words: int = 8192  # words in the vocabulary (others are spelled in bytes)
     text_tokens: int = 16  # text ids per example
-    held_out: float = 1 / 32  # share of pairs kept out of all training (a hash of their names), for held-out figures
+    held_out: float = data.HELD_OUT  # share of pairs kept out of all training, for held-out figures
 
     def __post_init__(self):
-        data.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
+        config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
                           ("shard_size", "chunk", "workers", "vocab_lines", "max_words", "text_tokens")]
                    + [("held_out", 0 <= self.held_out < 1, "must be in [0, 1)")])
 
@@ -62,52 +58,13 @@ class ShardsConfig:
 # Input files
 
 
-def expand(pattern):
-    """Brace ranges as WebDataset writes them: 'a/{000..002}.tar' -> ['a/000.tar', 'a/001.tar', 'a/002.tar']."""
-    m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
-    if not m:
-        return [pattern]
-    head, tail, first = pattern[:m.start()], pattern[m.end():], m.group(1)
-    return [p for i in range(int(first), int(m.group(2)) + 1) for p in expand(f"{head}{i:0{len(first)}d}{tail}")]
-
-
-def input_files(source, shard_size):
-    """source: a folder, a .tar, or comma-separated .tar globs / brace patterns -> its input files, in order:
-    ("tar", path) per .tar, or ("folder", paths) per shard_size pictures of a folder."""
-    paths = []
-    for pattern in (p for part in source.split(",") if part for p in expand(part)):
-        found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern] * os.path.exists(pattern)
-        if not found:
-            raise FileNotFoundError(f"no data at {pattern}: give a folder of pictures with .txt captions, .tar "
-                                    "shards, or a pattern such as 'dump/{00000..00099}.tar'")
-        paths += [Path(p) for p in found]
-    if len(paths) == 1 and paths[0].is_dir():
-        tars, pictures = sorted(paths[0].rglob("*.tar")), data.picture_files(paths[0])
-        if tars:
-            return [("tar", t) for t in tars]
-        if not pictures:
-            raise ValueError(f"no pictures or .tar shards in {paths[0]}")
-        return [("folder", pictures[i:i + shard_size]) for i in range(0, len(pictures), shard_size)]
-    return [("tar", p) for p in paths]
-
-
-def pairs(file, pictures=True):
-    kind, path = file
-    return data.tar_pairs(path, pictures) if kind == "tar" else data.folder_pairs(path, pictures)
-
-
-def describe(file):
-    kind, path = file
-    return str(path) if kind == "tar" else f"{path[0]} .. {path[-1]} ({len(path)} pictures)"
-
-
 def vocabulary(files, text, cfg: ShardsConfig):
     """The word vocabulary of the first vocab_lines captions and text lines, read in input order (captions only, no
     pictures): every process counts the same words, so all agree without talking."""
-    captions = (caption for f in files for _, _, caption, why in pairs(f, pictures=False) if not why)
+    captions = (caption for f in files for _, _, caption, why in data.pairs(f, pictures=False) if not why)
     lines = data.text_lines(text) if text else ()
     texts = itertools.chain(itertools.islice(captions, cfg.vocab_lines), itertools.islice(lines, cfg.vocab_lines))
-    return data.build_tokenizer(texts, cfg.text_tokens, cfg.max_words)
+    return vocab.build_tokenizer(texts, cfg.text_tokens, cfg.max_words)
 
 
 def write_tar(file, images, captions, first):
@@ -133,7 +90,7 @@ def render_shapes(folder, n, seed, cfg: ShardsConfig, *, process=0, processes=1)
         if path.exists() or (i % processes != process and i * cfg.shard_size >= cfg.vocab_lines):
             continue
         images, captions, _ = shapes.examples(min(cfg.shard_size, n - i * cfg.shard_size), seed=[seed, i])
-        data.write_atomically(path, lambda f: write_tar(f, images, captions, first=i * cfg.shard_size))
+        checkpoint.write_atomically(path, lambda f: write_tar(f, images, captions, first=i * cfg.shard_size))
     return paths
 
 
@@ -146,27 +103,10 @@ def file_hash(path):
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def is_held_out(name, share=ShardsConfig.held_out):
-    """Whether a pair is in the held-out slice: a hash of its key (a .tar member's, or a picture's file name
-    without folder and suffix), so every host, run and copy of the data agrees, and the slice is spread over it."""
-    key = name.rsplit(":", 1)[1] if ":" in name else Path(name).stem  # tar_pairs names pairs "path:key"
-    return zlib.crc32(key.encode()) < share * 2 ** 32
-
-
-def decode_pair(name, picture, caption, why, size):
-    """One pair -> (picture uint8 (size, size, 3), caption, "") or (None, None, "name: why") to skip it."""
-    if why:
-        return None, None, f"{name}: {why}"
-    try:
-        return data.load_image(picture, size), caption, ""
-    except ValueError as e:
-        return None, None, f"{name}: {e}"
-
-
 def decoded_chunks(pairs, size, chunk, pool):
     """Lists of chunk decoded pairs; the next chunk decodes in the pool's threads while the caller encodes this one."""
     def submit():  # reads the chunk's bytes here, decodes them in the pool
-        return [(pair[0], pool.submit(decode_pair, *pair, size)) for pair in itertools.islice(pairs, chunk)]
+        return [(pair[0], pool.submit(data.decode_pair, *pair, size)) for pair in itertools.islice(pairs, chunk)]
     pending = submit()
     while pending:
         following = submit()
@@ -179,7 +119,7 @@ def encode_file(vq, tokenizer, file, cfg: ShardsConfig, pool, bar):
     the held-out rows, the same; caption-length counts (length,) of 1..length tokens of the training rows; skipped
     "name: why" strings)."""
     rows, held, skipped = [], [], []
-    for chunk in decoded_chunks(pairs(file), vq.cfg.image_size, cfg.chunk, pool):
+    for chunk in decoded_chunks(data.pairs(file), vq.cfg.image_size, cfg.chunk, pool):
         skipped += [why for _, _, _, why in chunk if why]
         good = [(name, picture, caption) for name, picture, caption, why in chunk if not why]
         if not good:
@@ -189,15 +129,15 @@ def encode_file(vq, tokenizer, file, cfg: ShardsConfig, pool, bar):
         codes = vqgan.encode_images(vq, padded, batch=cfg.chunk)[:len(good)]  # (n, image_tokens)
         ids = np.stack([tokenizer.encode(caption) for _, _, caption in good])  # (n, text_tokens)
         chunk_rows = np.concatenate([codes, ids], axis=1).astype(np.uint16)
-        out = np.array([is_held_out(name, cfg.held_out) for name, _, _ in good])
+        out = np.array([data.is_held_out(name, cfg.held_out) for name, _, _ in good])
         rows.append(chunk_rows[~out])
         held.append(chunk_rows[out])
         bar.update(len(good))
     if not rows and not skipped:
-        skipped.append(f"{describe(file)}: no image-caption pairs")
+        skipped.append(f"{data.describe(file)}: no image-caption pairs")
     empty = np.zeros((0, vq.cfg.tokens_per_side ** 2 + cfg.text_tokens), np.uint16)
     rows, held = (np.concatenate(x) if x else empty for x in (rows, held))
-    lengths = np.bincount((rows[:, -cfg.text_tokens:] != data.PAD).sum(1), minlength=cfg.text_tokens + 1)[1:]
+    lengths = np.bincount((rows[:, -cfg.text_tokens:] != vocab.PAD).sum(1), minlength=cfg.text_tokens + 1)[1:]
     return rows, held, lengths.tolist(), skipped
 
 
@@ -206,7 +146,7 @@ def manifest_path(folder, process, processes):
 
 
 def save_manifest(path, manifest):
-    data.write_atomically(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    checkpoint.write_atomically(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
 
 
 def check_manifest(manifest, folder, source, text, vq_hash, vq_path, cfg: ShardsConfig):
@@ -218,7 +158,7 @@ def check_manifest(manifest, folder, source, text, vq_hash, vq_path, cfg: Shards
         raise ValueError(f"{folder} was tokenised with another VQGAN than {vq_path}: give another folder or delete it")
     if manifest["text_tokens"] != cfg.text_tokens:
         raise ValueError(f"{folder} holds {manifest['text_tokens']} text tokens per example, not {cfg.text_tokens}")
-    if manifest.get("held_out", 0) != cfg.held_out:
+    if manifest["held_out"] != cfg.held_out:
         raise ValueError(f"{folder} holds out another share of the pairs: give another folder or delete it")
 
 
@@ -233,7 +173,7 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
     if manifest and manifest["complete"]:
         log(f"token shards: {folder}, complete")
         return manifest
-    files = input_files(source, cfg.shard_size)
+    files = data.input_files(source, cfg.shard_size)
     if len(files) < processes:
         raise ValueError(f"{len(files)} input file(s) for {processes} processes: each process needs one of its own; "
                          "split the data into more .tar shards (or pictures into more folders of shard_size)")
@@ -246,7 +186,7 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
                     "vqgan_sha256": vq_hash, "image_tokens": vq.cfg.tokens_per_side ** 2,
                     "text_tokens": cfg.text_tokens, "held_out": cfg.held_out, "words": list(tokenizer.words),
                     "shards": [], "text_shards": [], "complete": False}
-    tokenizer = data.Tokenizer(tuple(manifest["words"]), cfg.text_tokens)
+    tokenizer = vocab.Tokenizer(tuple(manifest["words"]), cfg.text_tokens)
     folder.mkdir(parents=True, exist_ok=True)
     save_manifest(path, manifest)
     done = {s["file"] for s in manifest["shards"] + manifest["text_shards"]}
@@ -255,9 +195,9 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
     with ThreadPoolExecutor(cfg.workers) as pool, tqdm(unit=" pictures", desc="tokenise", disable=not mine) as bar:
         for i in mine:
             rows, held, lengths, skipped = encode_file(vq, tokenizer, files[i], cfg, pool, bar)
-            data.write_atomically(folder / f"held-out-{i:05d}.npy", lambda f: np.save(f, held))
-            data.write_atomically(folder / f"images-{i:05d}.npy", lambda f: np.save(f, rows))
-            manifest["shards"].append({"file": f"images-{i:05d}.npy", "input": describe(files[i]),
+            checkpoint.write_atomically(folder / f"held-out-{i:05d}.npy", lambda f: np.save(f, held))
+            checkpoint.write_atomically(folder / f"images-{i:05d}.npy", lambda f: np.save(f, rows))
+            manifest["shards"].append({"file": f"images-{i:05d}.npy", "input": data.describe(files[i]),
                                        "examples": len(rows), "held_out": len(held), "caption_lengths": lengths,
                                        "skipped": skipped})
             save_manifest(path, manifest)
@@ -268,14 +208,14 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
             break
         if i % processes == process and f"text-{i:05d}.npy" not in done:
             ids = np.stack([tokenizer.encode(line) for line in group]).astype(np.uint16)  # (n, text_tokens)
-            data.write_atomically(folder / f"text-{i:05d}.npy", lambda f: np.save(f, ids))
+            checkpoint.write_atomically(folder / f"text-{i:05d}.npy", lambda f: np.save(f, ids))
             manifest["text_shards"].append({"file": f"text-{i:05d}.npy", "examples": len(ids)})
             save_manifest(path, manifest)
     manifest["complete"] = True
     save_manifest(path, manifest)
     skipped = [s for shard in manifest["shards"] for s in shard["skipped"]]
     log(f"{sum(s['examples'] for s in manifest['shards'])} pictures in {len(manifest['shards'])} shard(s), "
-        f"{sum(s.get('held_out', 0) for s in manifest['shards'])} held out; skipped {len(skipped)} (listed in "
+        f"{sum(s['held_out'] for s in manifest['shards'])} held out; skipped {len(skipped)} (listed in "
         f"{path})" + "".join(f"; {s}" for s in skipped[:3]))
     return manifest
 
@@ -295,13 +235,13 @@ def open_shards(folder, vq_path, process=0, processes=1):
                          "their codes; tokenise again into another folder")
     images = [np.load(Path(folder) / s["file"], mmap_mode="r") for s in manifest["shards"] if s["examples"]]
     if not images:
-        raise no_pairs_error(manifest["source"], [why for s in manifest["shards"] for why in s["skipped"]])
+        raise data.no_pairs_error(manifest["source"], [why for s in manifest["shards"] for why in s["skipped"]])
     texts = [np.load(Path(folder) / s["file"], mmap_mode="r") for s in manifest["text_shards"]]
     if manifest["text"] and not texts:
         raise ValueError(f"process {process} has no lines of {manifest['text']}: give more text or fewer processes")
     texts = texts or [s[:, -manifest["text_tokens"]:] for s in images]  # no corpus: the captions are the text
     lengths = np.sum([s["caption_lengths"] for s in manifest["shards"]], axis=0).tolist()
-    return data.Tokenizer(tuple(manifest["words"]), manifest["text_tokens"], tuple(lengths)), images, texts
+    return vocab.Tokenizer(tuple(manifest["words"]), manifest["text_tokens"], tuple(lengths)), images, texts
 
 
 def gather(arrays, rows):
@@ -320,7 +260,7 @@ def held_out_rows(folder, n, training=False):
     prefix, count = ("images-", "examples") if training else ("held-out-", "held_out")
     manifests = [json.loads(path.read_text()) for path in sorted(Path(folder).glob("manifest-*.json"))]
     arrays = [np.load(Path(folder) / s["file"].replace("images-", prefix), mmap_mode="r") for manifest in manifests
-              for s in manifest["shards"] if s.get(count)]
+              for s in manifest["shards"] if s[count]]
     if not arrays:
         return np.zeros((0, 0), np.uint16)
     total = sum(len(a) for a in arrays)
@@ -328,87 +268,23 @@ def held_out_rows(folder, n, training=False):
 
 
 # ----------------------------------------------------------------------------------------------
-# The run's data: its image tokenizer, its shards, and each step's batch drawn from them
+# The run's data: its shards, and each step's batch drawn from them
 
-SHAPES_VQGAN = Path(__file__).parent / "checkpoints/shapes/vqgan.eqx"  # knows the shapes world's colours only
-USER_CODES = 32  # codes of a tokenizer trained on your pictures: over scanned digits 64 codes let a 10-minute run
-#                   caption 60% of held-out pictures right where 512 (the shapes tokenizer's) let it 14%
-USER_SHARE = 1 / 3  # of the run's budget for training that tokenizer; the rest is UPGen's
-TOKENIZER_PICTURES = 5000  # the sample of a user's pictures a tokenizer of their own trains on (~60 MB at 64x64)
 KINDS = (upgen.PAIRED, upgen.IMAGE_ONLY, upgen.TEXT_ONLY)
 
 
-def no_pairs_error(source, skipped):
-    """The one-line error for a source none of whose pictures can be used, from the reasons they were skipped."""
-    if skipped and all(why.endswith(": no caption") for why in skipped):
-        return ValueError(f"no picture in {source} has a caption: pictures need a caption file a.txt beside a.jpg")
-    return ValueError(f"no readable image-caption pairs in {source}: {len(skipped)} pictures could not be read"
-                      + (f" (first: {skipped[0]})" if skipped else ""))
-
-
-def readable_pictures(source, size, n):
-    """The first n pictures of source that decode, with a caption -> uint8 (k, size, size, 3), 1 <= k <= n."""
-    pictures, skipped = [], []
-    for file in input_files(source, ShardsConfig.shard_size):
-        for pair in (p for p in pairs(file) if not is_held_out(p[0])):  # no tokenizer learns the held-out slice
-            picture, _, why = decode_pair(*pair, size)
-            skipped += [why] if why else []
-            pictures += [] if why else [picture]
-            if len(pictures) == n:
-                return np.stack(pictures)
-    if not pictures:
-        raise no_pairs_error(source, skipped)
-    return np.stack(pictures)
-
-
-def image_tokenizer(out: Path, given: str, images: str, minutes: float, log):
-    """The frozen VQGAN, kept as out/vqgan.eqx: the one there, else a copy of `given`, else for the shapes world the
-    shipped shapes tokenizer, else one of USER_CODES codes trained on a sample of the run's own pictures in at most
-    USER_SHARE of the run's budget (0 = no budget): the shapes tokenizer would turn them into blobs of six colours."""
-    path = out / "vqgan.eqx"
-    source = Path(given) if given else None if images else SHAPES_VQGAN
-    if path.exists():
-        log(f"image tokenizer: {path}, already in the run folder")
-    elif source:
-        log(f"image tokenizer: copying {source} to {path}")
-        data.write_atomically(path, lambda f: f.write(source.read_bytes()))
-    else:
-        if jax.process_count() > 1:
-            raise ValueError(f"no image tokenizer at {path}: give --vqgan, or train one on one host first "
-                             f"(python train.py --images {images} --out {out})")
-        pictures = readable_pictures(images, vqgan.VQGANConfig().image_size, TOKENIZER_PICTURES)  # (n, S, S, 3)
-        held_out = pictures[:max(1, len(pictures) // 10)]  # (k, S, S, 3), never trained on
-        log(f"image tokenizer: none given (--vqgan), training one on {len(pictures) - len(held_out)} of your "
-            f"pictures into {path}")
-        budget = vqgan_train.VQGANTrainConfig(max_minutes=minutes * USER_SHARE if minutes else None)
-        train_pictures = pictures[len(held_out):] if len(pictures) > 1 else pictures
-        vq = vqgan_train.train_vqgan(path, dataclasses.replace(vqgan.VQGANConfig(), codebook_size=USER_CODES),
-                                     tcfg=budget, images=train_pictures)
-        again = vqgan.decode_tokens(vq, vqgan.encode_images(vq, held_out))
-        log(f"image tokenizer: {path} reconstructs {len(held_out)} held-out pictures of yours at PSNR "
-            f"{vqgan_train.psnr(held_out, again):.1f} dB")
-    return vqgan.load_vqgan(path), path
-
-
-def load_corpus(images, n_shapes, text, seed, vq_path, folder: Path, out: Path, text_tokens: int, log, *,
+def load_corpus(source, n_shapes, text, seed, vq_path, folder: Path, out: Path, text_tokens: int, log, *,
                 process=0, processes=1):
     """-> (the text tokenizer of the shards, this process's image shards, its text shards), memory-mapped.
 
-    Tokenises first what folder lacks: each process only its own input files. The shapes world (images == "")
+    Tokenises first what folder lacks: each process only its own input files. The shapes world (source == "")
     takes the same path as any dataset: n_shapes examples rendered into out/shapes/ as .tar shards, then tokenised."""
     cfg = ShardsConfig(text_tokens=text_tokens)
-    source = images
     if not source:
         tars = render_shapes(out / "shapes", n_shapes, seed, cfg, process=process, processes=processes)
         source = f"{out / 'shapes'}/shapes-{{00000..{len(tars) - 1:05d}}}.tar"
     tokenise(source, vq_path, folder, cfg, text=text, process=process, processes=processes, log=log)
     return open_shards(folder, vq_path, process, processes)
-
-
-def model_config(settings: upgen.UPGenConfig, vq_cfg: vqgan.VQGANConfig, tokenizer: data.Tokenizer):
-    """The transformer for this tokenizer pair: settings' shape and objective, with the tokenizers' sizes."""
-    return dataclasses.replace(settings, image_codes=vq_cfg.codebook_size, image_tokens=vq_cfg.tokens_per_side ** 2,
-                               text_vocab=tokenizer.vocab_size, text_tokens=tokenizer.length)
 
 
 def kind_counts(batch: int, mix) -> tuple:
@@ -423,26 +299,25 @@ def draw(arrays, n, rng):
     return gather(arrays, rng.integers(sum(len(a) for a in arrays), size=n))
 
 
-def local_batch(corpus, step: int, counts, cfg: upgen.UPGenConfig, *, seed: int, process: int = 0):
+def local_batch(corpus, step: int, counts, mcfg: upgen.UPGenConfig, *, seed: int, process: int = 0):
     """This host's rows of step's batch: tokens int32 (b, L), kinds int32 (b,).
 
     corpus = (image shards (n_s, image_tokens + text_tokens), text shards (n_s, text_tokens)), this host's own.
     A pure function of (seed, step, process), drawn with replacement: a resumed run sees exactly the batches it
     would have seen, and no host reads another's data."""
-    images, texts = corpus
+    image_shards, text_shards = corpus
     paired, image_only, text_only = counts
     rng = np.random.default_rng([seed, step, process])
-    pictures = draw(images, paired + image_only, rng).astype(np.int32)  # (paired + image_only, Ni + Nt)
-    codes, captions = pictures[:, :cfg.image_tokens], pictures[:paired, cfg.image_tokens:]
-    tokens = np.concatenate([upgen.make_sequence(codes[:paired], captions, cfg),
-                             upgen.make_sequence(codes[paired:], None, cfg),
-                             upgen.make_sequence(None, draw(texts, text_only, rng).astype(np.int32), cfg)])
+    rows = draw(image_shards, paired + image_only, rng).astype(np.int32)  # (paired + image_only, Ni + Nt)
+    codes, captions = rows[:, :mcfg.image_tokens], rows[:paired, mcfg.image_tokens:]
+    tokens = np.concatenate([upgen.make_sequence(codes[:paired], captions, mcfg),
+                             upgen.make_sequence(codes[paired:], None, mcfg),
+                             upgen.make_sequence(None, draw(text_shards, text_only, rng).astype(np.int32), mcfg)])
     return tokens, np.repeat(np.array(KINDS, np.int32), counts)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = ShardsConfig()
     p.add_argument("--images", default="", help="a folder of a.jpg + a.txt, a .tar, or comma-separated .tar globs or "
                                                 "brace patterns ('dump/{00000..00099}.tar')")
     p.add_argument("--text", default="", help="unpaired text: a .txt file or folder, one document per line")
@@ -451,20 +326,18 @@ def main(argv=None):
     p.add_argument("--process", type=int, default=0, help="this process's index: it tokenises input files i with "
                                                           "i mod --processes == --process")
     p.add_argument("--processes", type=int, default=1, help="processes (hosts) that will train on the shards")
-    p.add_argument("--shard-size", type=int, default=d.shard_size, help="pictures per shard of a folder; text lines")
-    p.add_argument("--chunk", type=int, default=d.chunk, help="pictures per VQGAN call")
-    p.add_argument("--workers", type=int, default=d.workers, help="picture-decoding threads")
-    p.add_argument("--vocab-lines", type=int, default=d.vocab_lines, help="captions (and text lines) counted for "
-                                                                          "the word vocabulary")
-    p.add_argument("--max-words", type=int, default=d.max_words, help="words in the vocabulary")
-    p.add_argument("--text-tokens", type=int, default=d.text_tokens, help="text ids per example (train.py's too)")
-    p.add_argument("--held-out", type=float, default=d.held_out, help="share of pairs kept out of training, for "
-                                                                      "held-out figures (train.py's is the default)")
+    for name, help in [("shard_size", "pictures per shard of a folder; text lines"),
+                       ("chunk", "pictures per VQGAN call"), ("workers", "picture-decoding threads"),
+                       ("vocab_lines", "captions (and text lines) counted for the word vocabulary"),
+                       ("max_words", "words in the vocabulary"),
+                       ("text_tokens", "text ids per example (train.py's too)"),
+                       ("held_out", "share of pairs kept out of training, for held-out figures (train.py's: default)")]:
+        config.flag(p, ShardsConfig(), name, help)
     args = p.parse_args(argv)
     try:
         if not args.images or not args.out:
             raise ValueError("give --images and --out")
-        cfg = ShardsConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ShardsConfig)})
+        cfg = ShardsConfig(**config.fields_of(ShardsConfig, args))
         tokenise(args.images, args.vqgan, args.out, cfg, text=args.text, process=args.process,
                  processes=args.processes)
     except (ValueError, OSError) as e:

@@ -33,11 +33,14 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-import data
+import checkpoint
+import config
 import evaluate
 import sample
 import shards
 import upgen
+import vocab
+import vqgan_train
 
 DEFAULT_MINUTES = 10.0  # a run on your pictures: the whole run's budget (its tokenizer trains in a third of it)
 FINISH_SECONDS = 20  # what a budgeted run keeps for after training (upgen.eqx, samples.png): its schedule ends there
@@ -66,7 +69,7 @@ class TrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "mix", tuple(self.mix))  # argparse and JSON give a list
-        data.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in ("shapes", "batch")] + [
+        config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in ("shapes", "batch")] + [
             ("mix", len(self.mix) == 3 and min(self.mix) >= 0 and sum(self.mix) > 0, "must be 3 shares >= 0, not 0"),
             ("text", not self.text or self.mix[2] > 0, "needs a text-only share in --mix, e.g. --mix 0.7 0.15 0.15"),
             ("steps", self.steps >= 0, "must be at least 0 (0 fills the time budget)"), ("lr", self.lr > 0, "must be "
@@ -78,7 +81,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RunConfig:
     out: str = "runs/shapes"          # run folder: vqgan.eqx, shards/, shapes/, state_<step>.eqx, upgen.eqx, logs
-    vqgan: str = ""                   # image tokenizer copied into out if it has none ("" = shards.image_tokenizer's)
+    vqgan: str = ""                   # image tokenizer copied into out if it has none ("" = vqgan_train's choice)
     shards: str = ""                  # token shards folder, tokenised into first when missing ("" = out/shards)
     minutes: float | None = None      # budget of the whole run; None = DEFAULT_MINUTES with --images, else 0 (none)
     resume: bool = False              # continue from the newest state_<step>.eqx in out, with its saved TrainConfig
@@ -96,7 +99,7 @@ class RunConfig:
 
     def __post_init__(self):
         explicit = bool(self.coordinator)
-        data.check(self, [("minutes", self.minutes is None or self.minutes >= 0, "must be positive, or 0 for none"),
+        config.check(self, [("minutes", self.minutes is None or self.minutes >= 0, "must be positive, or 0 for none"),
                           ("stop_after", self.stop_after >= 0, "must be at least 0 (0 runs to the end)")] + [
             (name, getattr(self, name) >= 1, "must be at least 1") for name in ("save_every", "log_every")] + [
             (name, getattr(self, name) >= 0, "must be at least 0") for name in ("keep", "samples")] + [
@@ -234,7 +237,7 @@ class Setup(NamedTuple):
     tcfg: TrainConfig
     run: RunConfig
     mcfg: upgen.UPGenConfig
-    tokenizer: data.Tokenizer
+    tokenizer: vocab.Tokenizer
     corpus: tuple  # (image shards, text shards) of this host, memory-mapped
 
 
@@ -243,7 +246,7 @@ def save_state(state: State, progress: float, setup: Setup):
     configs = {"upgen": setup.mcfg, "train": setup.tcfg, "run": setup.run, "tokenizer": setup.tokenizer}
     header = {"step": state.step, "progress": progress, **{k: dataclasses.asdict(v) for k, v in configs.items()}}
     out = Path(setup.run.out)
-    data.save_checkpoint(out / f"state_{state.step}.eqx", header, host_copy((state.model, state.opt_state)))
+    checkpoint.save_checkpoint(out / f"state_{state.step}.eqx", header, host_copy((state.model, state.opt_state)))
     for old in state_files(out)[:-setup.run.keep]:
         old.unlink()
 
@@ -259,16 +262,16 @@ class Saved(NamedTuple):
     opt_state: optax.OptState
     mcfg: upgen.UPGenConfig
     tcfg: TrainConfig
-    tokenizer: data.Tokenizer
+    tokenizer: vocab.Tokenizer
     progress: float  # the schedule's progress at step (0 in files written before it was saved)
 
 
 def load_state(path: Path) -> Saved:
     def configs(header):
-        return upgen.UPGenConfig(**header["upgen"]), TrainConfig(**data.fields_of(TrainConfig, header["train"]))
-    header, (model, opt_state) = data.load_checkpoint(path, lambda h: eqx.filter_eval_shape(
+        return upgen.UPGenConfig(**header["upgen"]), TrainConfig(**config.fields_of(TrainConfig, header["train"]))
+    header, (model, opt_state) = checkpoint.load_checkpoint(path, "train", lambda h: eqx.filter_eval_shape(
         init_state, configs(h)[0], make_optimizer(configs(h)[1]), key=jax.random.key(0)))
-    return Saved(header["step"], model, opt_state, *configs(header), data.tokenizer_from_header(header["tokenizer"]),
+    return Saved(header["step"], model, opt_state, *configs(header), vocab.tokenizer_from_header(header["tokenizer"]),
                  header.get("progress", 0.0))
 
 
@@ -376,7 +379,7 @@ def start_or_resume(tcfg: TrainConfig, run: RunConfig, out: Path, log):
     if run.resume:
         if saved is None:
             raise ValueError(f"--resume: no state_<step>.eqx in {out}; run without --resume to start")
-        header = data.read_header(state_files(out)[-1])
+        header = checkpoint.read_header(state_files(out)[-1])
         before, now = {**header["train"], **header["run"]}, {**dataclasses.asdict(tcfg), **dataclasses.asdict(run)}
         changed = [f"--{k.replace('_', '-')} {before[k]} -> {now[k]}" for k in sorted(MAY_CHANGE) if before[k] != now[k]]
         log(f"resuming {state_files(out)[-1]} at step {saved.step}, progress {saved.progress:.3f}"
@@ -465,12 +468,12 @@ def train_loop(state: State, setup: Setup, budget: Budget, log) -> State:
 
 def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
     """The whole run: its image tokenizer and token shards (shards.py), the model, the loop, upgen.eqx and samples.
-    settings: the model's shape and objective; the tokenizers set its sizes (shards.model_config)."""
+    settings: the model's shape and objective; the tokenizers set its sizes (upgen.model_config)."""
     started = time.perf_counter()
     out, process, processes = Path(run.out), jax.process_index(), jax.process_count()
     log = open_log(out, started, process)
     tcfg, saved, minutes = start_or_resume(tcfg, run, out, log)
-    vq, vq_path = shards.image_tokenizer(out, run.vqgan, tcfg.images, minutes, log)
+    vq, vq_path = vqgan_train.image_tokenizer(out, run.vqgan, tcfg.images, minutes, log)
     text_tokens = settings.text_tokens if saved is None else saved.mcfg.text_tokens
     folder = Path(run.shards or out / "shards")
     tokenizer, images, texts = shards.load_corpus(tcfg.images, tcfg.shapes, tcfg.text, tcfg.seed, vq_path, folder,
@@ -480,7 +483,7 @@ def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
             raise ValueError(f"the shards in {folder} have another vocabulary than the run's")
         step, model, opt_state, mcfg = saved.step, saved.model, saved.opt_state, saved.mcfg
     else:
-        mcfg = shards.model_config(settings, vq.cfg, tokenizer)
+        mcfg = upgen.model_config(settings, vq.cfg, tokenizer)
         init_key = jax.random.split(jax.random.key(tcfg.seed))[0]
         step, (model, opt_state) = 0, init_state(mcfg, make_optimizer(tcfg), key=init_key)
     state = State(*replicate((model, opt_state), make_mesh()), step)
@@ -517,51 +520,51 @@ def parse(argv):
                                 allow_abbrev=False)
     d, r, m = TrainConfig(), RunConfig(), upgen.UPGenConfig(image_codes=1, text_vocab=1)
     g = p.add_argument_group("data")
-    data.flag(g, d, "images", "image-caption pairs: folder of a.jpg + a.txt, .tar(s), globs, brace patterns")
-    data.flag(g, d, "shapes", "shapes-world examples when --images is not given")
-    data.flag(g, d, "text", "unpaired text: a .txt file or folder, one document per line")
-    data.flag(g, d, "mix", "batch shares of paired, image-only, text-only", metavar=("PAIRED", "IMAGE", "TEXT"))
-    data.flag(g, r, "vqgan", "image tokenizer (default: the shapes one, or for --images one trained on yours)")
-    data.flag(g, r, "shards", "token shards (shards.py), tokenised into it first when missing (default: OUT/shards)")
+    config.flag(g, d, "images", "image-caption pairs: folder of a.jpg + a.txt, .tar(s), globs, brace patterns")
+    config.flag(g, d, "shapes", "shapes-world examples when --images is not given")
+    config.flag(g, d, "text", "unpaired text: a .txt file or folder, one document per line")
+    config.flag(g, d, "mix", "batch shares of paired, image-only, text-only", metavar=("PAIRED", "IMAGE", "TEXT"))
+    config.flag(g, r, "vqgan", "image tokenizer (default: the shapes one, or for --images one trained on yours)")
+    config.flag(g, r, "shards", "token shards (shards.py), tokenised into it first when missing (default: OUT/shards)")
     g = p.add_argument_group("model")
     for name, help in [("width", "transformer width"), ("depth", "transformer blocks"), ("heads", "attention heads"),
                        ("mlp", "MLP hidden units per block"), ("text_tokens", "text tokens per example"),
                        ("paired_text_weight", "loss weight of a masked caption token (image tokens weigh 1)"),
                        ("unpaired_text_weight", "loss weight of a masked token of text-only data")]:
-        data.flag(g, m, name, help)
+        config.flag(g, m, name, help)
     g.add_argument("--paper-objective", action="store_true", help="the paper's exact objective: one mask ratio for "
                    "picture and caption, text weights 0.1 and 0.01 (overrides the two weights above)")
-    data.flag(g, m, "compute_dtype", "matmul dtype (bfloat16 on accelerators)", choices=("float32", "bfloat16"))
+    config.flag(g, m, "compute_dtype", "matmul dtype (bfloat16 on accelerators)", choices=("float32", "bfloat16"))
     g = p.add_argument_group("optimization")
-    data.flag(g, d, "steps", "total optimizer steps, 0 = as many as fit in --minutes (with --resume: the saved "
+    config.flag(g, d, "steps", "total optimizer steps, 0 = as many as fit in --minutes (with --resume: the saved "
                              "run's)")
     for name, help in [("batch", "global batch size (all devices, all hosts)"), ("lr", "peak learning rate"),
                        ("warmup", "linear warmup steps"), ("weight_decay", "AdamW weight decay of the matrices"),
                        ("clip", "global gradient-norm clip"), ("seed", "seed of init, masks, batch order"),
                        ("accum", "micro-batches per step (gradient accumulation): --batch rows in 1/accum the memory"),
                        ("remat", "recompute each block's activations in the backward pass: less memory, more FLOPs")]:
-        data.flag(g, d, name, help)
+        config.flag(g, d, name, help)
     g = p.add_argument_group("run")
-    data.flag(g, r, "out", "run folder: vqgan.eqx, shards/, shapes/, state_<step>.eqx, upgen.eqx, train.log")
-    data.flag(g, r, "minutes", f"wall-clock budget of the whole run (default {DEFAULT_MINUTES:g} with --images, "
+    config.flag(g, r, "out", "run folder: vqgan.eqx, shards/, shapes/, state_<step>.eqx, upgen.eqx, train.log")
+    config.flag(g, r, "minutes", f"wall-clock budget of the whole run (default {DEFAULT_MINUTES:g} with --images, "
                                "else none): the learning rate decays to it or to --steps, whichever comes first",
               type=float)
-    data.flag(g, r, "resume", "continue from the newest state_<step>.eqx in --out with its saved settings; it may "
+    config.flag(g, r, "resume", "continue from the newest state_<step>.eqx in --out with its saved settings; it may "
                               "change --steps, --keep, --save-every, --log-every, --samples, --lr, --warmup, "
                               "--weight-decay, --clip (and --minutes, --stop-after, the cluster flags), no other; on a "
                               "pod, --out must be a folder every host sees")
-    data.flag(g, r, "stop_after", "stop after this many steps of this invocation (split a run into jobs; 0 = never)")
-    data.flag(g, r, "keep", "state_<step>.eqx files to keep (0 = none, only upgen.eqx at the end)")
-    data.flag(g, r, "save_every", "steps between state checkpoints")
-    data.flag(g, r, "log_every", "steps between log lines")
-    data.flag(g, r, "samples", "pictures drawn at the end from held-out captions, spread over the data (0 = none)")
+    config.flag(g, r, "stop_after", "stop after this many steps of this invocation (split a run into jobs; 0 = never)")
+    config.flag(g, r, "keep", "state_<step>.eqx files to keep (0 = none, only upgen.eqx at the end)")
+    config.flag(g, r, "save_every", "steps between state checkpoints")
+    config.flag(g, r, "log_every", "steps between log lines")
+    config.flag(g, r, "samples", "pictures drawn at the end from held-out captions, spread over the data (0 = none)")
     g = p.add_argument_group("clusters")
-    data.flag(g, r, "tpu", "a TPU pod: jax.distributed.initialize() first, then require TPUs; run on every host")
-    data.flag(g, r, "distributed", "join a multi-host run: a TPU pod, SLURM and Open MPI are found by JAX; for any "
+    config.flag(g, r, "tpu", "a TPU pod: jax.distributed.initialize() first, then require TPUs; run on every host")
+    config.flag(g, r, "distributed", "join a multi-host run: a TPU pod, SLURM and Open MPI are found by JAX; for any "
                                    "other launcher give the three flags below; run on every host")
-    data.flag(g, r, "coordinator", "HOST:PORT of process 0, with --distributed")
-    data.flag(g, r, "processes", "processes in the run, with --coordinator")
-    data.flag(g, r, "process_id", "this process's index in [0, --processes), with --coordinator")
+    config.flag(g, r, "coordinator", "HOST:PORT of process 0, with --distributed")
+    config.flag(g, r, "processes", "processes in the run, with --coordinator")
+    config.flag(g, r, "process_id", "this process's index in [0, --processes), with --coordinator")
     args = p.parse_args(argv)
     given = {k for k, v in vars(p.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args))))).items()
              if v is not None}  # argparse leaves a flag's default unset when the namespace holds it already
@@ -610,9 +613,11 @@ def main(argv=None):
     try:
         values, given = parse(argv)
         if values["resume"] and state_files(Path(values["out"])):
-            values = resumed(values, given, data.read_header(state_files(Path(values["out"]))[-1]))
-        tcfg, run = TrainConfig(**data.fields_of(TrainConfig, values)), RunConfig(**data.fields_of(RunConfig, values))
-        settings = upgen.UPGenConfig(**{"image_codes": 1, "text_vocab": 1, **data.fields_of(upgen.UPGenConfig, values)})
+            values = resumed(values, given, checkpoint.read_header(state_files(Path(values["out"]))[-1]))
+        tcfg = TrainConfig(**config.fields_of(TrainConfig, values))
+        run = RunConfig(**config.fields_of(RunConfig, values))
+        settings = upgen.UPGenConfig(**{"image_codes": 1, "text_vocab": 1,
+                                        **config.fields_of(upgen.UPGenConfig, values)})
         if run.tpu or run.distributed:
             join_cluster(run)
         Path(run.out).mkdir(parents=True, exist_ok=True)

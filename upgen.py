@@ -8,12 +8,16 @@ parameter counts of the laptop default and of the paper's ViT-L. Next read train
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-import data
+import checkpoint
+import config
+import vocab
+import vqgan
 
 # What kind of example a sequence is; it decides its mask ratio and its text weight.
 PAIRED, IMAGE_ONLY, TEXT_ONLY = 0, 1, 2
@@ -23,7 +27,7 @@ PAIRED, IMAGE_ONLY, TEXT_ONLY = 0, 1, 2
 class UPGenConfig:
     image_codes: int                   # VQGAN codebook size; image code c is token id c
     image_tokens: int = 64             # image tokens per example (8x8 for 64x64 shapes pictures)
-    text_vocab: int                    # data.Tokenizer.vocab_size; text token t is id image_codes + t
+    text_vocab: int                    # vocab.Tokenizer.vocab_size; text token t is id image_codes + t
     text_tokens: int = 16              # text tokens per example (the tokenizer's padded length)
     width: int = 128                   # residual stream width
     depth: int = 2                     # transformer blocks (laptop default: 0.6M params; on 2 cores for
@@ -43,7 +47,7 @@ class UPGenConfig:
 
     def __post_init__(self):
         sizes = ("image_codes", "image_tokens", "text_vocab", "text_tokens", "width", "depth", "heads", "mlp")
-        data.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in sizes] + [
+        config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in sizes] + [
             ("width", self.heads < 1 or self.width % self.heads == 0, f"must be divisible by --heads {self.heads}"),
             ("width", self.width % 2 == 0, "must be even (half sine, half cosine position features)"),
             ("compute_dtype", self.compute_dtype in ("float32", "bfloat16"), "must be float32 or bfloat16")] + [
@@ -61,11 +65,11 @@ class UPGenConfig:
 
     @property
     def pad_id(self) -> int:
-        return self.image_codes + data.PAD
+        return self.image_codes + vocab.PAD
 
     @property
     def mask_id(self) -> int:
-        return self.image_codes + data.MASK
+        return self.image_codes + vocab.MASK
 
 
 # The paper's objective: one mask ratio for the whole sequence, caption tokens weigh 0.1, text-only 0.01.
@@ -77,6 +81,12 @@ VIT_L = UPGenConfig(image_codes=1024, image_tokens=256, text_vocab=30522, text_t
                     width=1024, depth=24, heads=16, mlp=4096, compute_dtype="bfloat16", **PAPER_OBJECTIVE)
 
 
+def model_config(settings: UPGenConfig, vq_cfg: vqgan.VQGANConfig, tokenizer: vocab.Tokenizer):
+    """The transformer for this tokenizer pair: settings' shape and objective, with the tokenizers' sizes."""
+    return dataclasses.replace(settings, image_codes=vq_cfg.codebook_size, image_tokens=vq_cfg.tokens_per_side ** 2,
+                               text_vocab=tokenizer.vocab_size, text_tokens=tokenizer.length)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Sequences and masking
 
@@ -85,14 +95,14 @@ def make_sequence(image_ids, text_ids, cfg: UPGenConfig):
     """Joins image ids (..., Ni) and text ids (..., Nt) into model tokens (..., L), their batch shapes broadcast.
 
     Image ids are model ids (code c is id c; cfg.mask_id marks a cell to draw), text ids the text tokenizer's
-    (data.MASK marks a word to write, data.PAD no word); None = missing, PAD in every slot of that part."""
+    (vocab.MASK marks a word to write, vocab.PAD no word); None = missing, PAD in every slot of that part."""
     if image_ids is None and text_ids is None:
         raise ValueError("make_sequence needs image ids, text ids, or both")
     no_image = jnp.full(cfg.image_tokens, cfg.pad_id, jnp.int32)
     image = no_image if image_ids is None else jnp.asarray(image_ids, jnp.int32)
     if image.shape[-1] != cfg.image_tokens:
         raise ValueError(f"got {image.shape[-1]} image tokens, the config expects {cfg.image_tokens}")
-    text = jnp.full(cfg.text_tokens, data.PAD, jnp.int32) if text_ids is None else jnp.asarray(text_ids, jnp.int32)
+    text = jnp.full(cfg.text_tokens, vocab.PAD, jnp.int32) if text_ids is None else jnp.asarray(text_ids, jnp.int32)
     if text.shape[-1] != cfg.text_tokens:
         raise ValueError(f"got {text.shape[-1]} text tokens, the config expects {cfg.text_tokens}")
     text = text + cfg.image_codes  # text ids live after the image codes
@@ -247,10 +257,10 @@ def count_params(model) -> int:
     return sum(math.prod(x.shape) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact))
 
 
-def save_upgen(path, model: UPGen, tokenizer: data.Tokenizer):
+def save_upgen(path, model: UPGen, tokenizer: vocab.Tokenizer):
     """The model alone (no optimizer state), with its config and text tokenizer in the header."""
     header = {"upgen": dataclasses.asdict(model.cfg), "tokenizer": dataclasses.asdict(tokenizer)}
-    data.save_checkpoint(path, header, model)
+    checkpoint.save_checkpoint(path, header, model)
 
 
 def load_upgen(path):
@@ -258,10 +268,22 @@ def load_upgen(path):
     def skeleton(header):
         return eqx.filter_eval_shape(UPGen, UPGenConfig(**header["upgen"]), key=jax.random.key(0))
 
-    if "upgen" not in data.read_header(path):
-        raise ValueError(f"{path} is no UPGen model file (upgen.eqx is written by train.py)")
-    header, model = data.load_checkpoint(path, skeleton)
-    return model, data.tokenizer_from_header(header["tokenizer"])
+    header, model = checkpoint.load_checkpoint(path, "upgen", skeleton)
+    return model, vocab.tokenizer_from_header(header["tokenizer"])
+
+
+def load_run(ckpt):
+    """-> (UPGen, text tokenizer, VQGAN) from a folder holding upgen.eqx and vqgan.eqx."""
+    try:
+        model, tokenizer = load_upgen(Path(ckpt) / "upgen.eqx")
+        vq = vqgan.load_vqgan(Path(ckpt) / "vqgan.eqx")
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{e}; make a checkpoint with `python train.py --out {ckpt}`") from None
+    if (vq.cfg.codebook_size, vq.cfg.tokens_per_side ** 2) != (
+            model.cfg.image_codes, model.cfg.image_tokens):
+        raise ValueError(f"{ckpt}: vqgan.eqx and upgen.eqx do not belong together (codebook or token count differ)")
+    return model, tokenizer, vq
+
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import checkpoint
+import config
 import data
 
 
@@ -42,8 +44,8 @@ class VQGANConfig:
     final_norm: bool = False
 
     def __post_init__(self):
-        if self.image_size % self.downsampling:
-            raise ValueError(f"image_size {self.image_size} is not divisible by {self.downsampling}")
+        config.check(self, [("image_size", self.image_size % self.downsampling == 0,
+                             f"is not divisible by the {self.downsampling} pixels of a token")])
 
     @property
     def downsampling(self):  # pixels per token along each side
@@ -275,20 +277,18 @@ def decode_tokens(vq, ids, batch=256):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: a JSON header with the config, then the arrays (data.save_checkpoint).
+# Checkpoints: a JSON header with the config, then the arrays (checkpoint.save_checkpoint).
 
 def save_vqgan(path, vq):
-    data.save_checkpoint(path, {"kind": "vqgan", "config": dataclasses.asdict(vq.cfg)}, vq)
+    checkpoint.save_checkpoint(path, {"vqgan": dataclasses.asdict(vq.cfg)}, vq)
 
 
 def load_vqgan(path):
     def skeleton(header):
-        if header.get("kind") != "vqgan":
-            raise ValueError(f"{path} is not a vqgan checkpoint (kind {header.get('kind')!r})")
-        config = header["config"]
-        cfg = VQGANConfig(**{**config, "channel_multipliers": tuple(config["channel_multipliers"])})
+        fields = header["vqgan"]
+        cfg = VQGANConfig(**{**fields, "channel_multipliers": tuple(fields["channel_multipliers"])})
         return eqx.filter_eval_shape(VQGAN, cfg, key=jax.random.key(0))
-    return data.load_checkpoint(path, skeleton)[1]
+    return checkpoint.load_checkpoint(path, "vqgan", skeleton)[1]
 
 
 # ----------------------------------------------------------------------------------------------

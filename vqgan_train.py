@@ -6,13 +6,16 @@ differences that keeps outlines sharp; codes that go unused are restarted on the
     python vqgan_train.py --out checkpoints/shapes/vqgan.eqx --eval-only    # evaluate the shipped one
 The evaluation renders held-out pictures; `pytest -m slow` checks that the default run reaches PSNR >= 30 dB,
 at least 25% of the codes used and at most 1% of 2000 held-out pictures misread (tests/test_vqgan_train.py).
-Read next: upgen.py, the transformer that models these tokens.
+Its last part chooses a run's image tokenizer for train.py (image_tokenizer): the one given, the shipped shapes
+tokenizer, or one trained here on the run's own pictures. Read next: upgen.py, the transformer that models these tokens.
 """
 import argparse
+import dataclasses
 import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -21,6 +24,9 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+import checkpoint
+import config
+import data
 import shapes
 import vqgan
 
@@ -29,7 +35,7 @@ HELD_OUT_SEED = 12345  # pictures no tokenizer trains on (training uses seed 0 b
 
 @dataclass(frozen=True)
 class VQGANTrainConfig:
-    steps: int = 20_000  # optimizer steps, or fewer: the default budget of max_minutes ends the run first
+    steps: int = 20_000  # optimizer steps, or fewer: the default budget of minutes ends the run first
     batch_size: int = 4  # pictures per step: on a CPU, many small steps beat few large ones
     lr: float = 4e-3  # Adam's peak learning rate (linear warmup, then cosine decay to 0 at the end of the run)
     warmup: int = 20  # steps of learning-rate warmup
@@ -40,9 +46,15 @@ class VQGANTrainConfig:
     adam_betas: tuple[float, float] = (0.5, 0.9)  # taming-transformers' betas; the usual ones made runs unstable here
     restart_every: int = 50  # every this many steps, codes unused since the last check move onto latents
     train_pictures: int = 20_000  # size of the training pool (rendered once)
-    max_minutes: float | None = 4.5  # wall-clock budget: the run (and its cosine) ends at this or at steps,
-    #                                   whichever comes first; None runs every step
+    minutes: float = 4.5  # wall-clock budget: the run (and its cosine) ends at this or at steps, whichever comes
+    #                        first; 0 runs every step
     seed: int = 0  # seed of the weights and the training pictures
+
+    def __post_init__(self):
+        config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
+                            ("steps", "batch_size", "warmup", "restart_every", "train_pictures")] + [
+            (name, getattr(self, name) >= 0, "must be at least 0") for name in ("commitment", "edge_weight", "minutes")]
+            + [("lr", self.lr > 0, "must be positive")])
 
 
 def pixel_differences(x):  # (B, C, H, W) -> (B, C, H, W-1) across, (B, C, H-1, W) down
@@ -103,14 +115,14 @@ def train_vqgan(out_path, cfg=vqgan.VQGANConfig(), tcfg=VQGANTrainConfig(), imag
     vq = vqgan.init_vqgan(cfg, seed=tcfg.seed)
     optimizer = optax.scale_by_adam(*tcfg.adam_betas)  # Adam's direction; train_step scales it by the learning rate
     opt_state = optimizer.init(eqx.filter(vq, eqx.is_inexact_array))
-    budget = math.inf if tcfg.max_minutes is None else 60 * tcfg.max_minutes  # seconds
+    budget = 60 * tcfg.minutes if tcfg.minutes else math.inf  # seconds
     rng = np.random.default_rng(tcfg.seed)
     used = np.zeros(cfg.codebook_size, bool)
     bar = tqdm(range(tcfg.steps), desc="vqgan")
     for step in bar:
         done = max(step / tcfg.steps, (time.perf_counter() - start) / budget)  # share of the run behind us
         if done >= 1:
-            print(f"stopping at step {step}: the {tcfg.max_minutes}-minute budget is spent")
+            print(f"stopping at step {step}: the {tcfg.minutes}-minute budget is spent")
             break
         # the cosine follows steps or the clock, whichever is further on, so a timed run still ends at lr 0
         lr = tcfg.lr * min(1, (step + 1) / tcfg.warmup) * (1 + math.cos(math.pi * done)) / 2
@@ -130,16 +142,69 @@ def train_vqgan(out_path, cfg=vqgan.VQGANConfig(), tcfg=VQGANTrainConfig(), imag
     return vq
 
 
+# ----------------------------------------------------------------------------------------------
+# A run's image tokenizer (train.py): the one given, the shapes one, or one trained on the run's own pictures
+
+SHAPES_VQGAN = Path(__file__).parent / "checkpoints/shapes/vqgan.eqx"  # knows the shapes world's colours only
+USER_CODES = 32  # codes of a tokenizer trained on your pictures: over scanned digits, a 10-minute run with 32 codes
+#                   captions 57% of held-out pictures right where 512 (the shapes tokenizer's) let it 14%
+USER_SHARE = 1 / 3  # of the run's budget for training that tokenizer; the rest is UPGen's
+TOKENIZER_PICTURES = 5000  # the sample of a user's pictures a tokenizer of their own trains on (~60 MB at 64x64)
+
+
+def readable_pictures(source, size, n):
+    """The first n pictures of source that decode, with a caption -> uint8 (k, size, size, 3), 1 <= k <= n."""
+    pictures, skipped = [], []
+    for file in data.input_files(source, n):
+        for pair in (p for p in data.pairs(file) if not data.is_held_out(p[0])):  # no tokenizer learns those
+            picture, _, why = data.decode_pair(*pair, size)
+            skipped += [why] if why else []
+            pictures += [] if why else [picture]
+            if len(pictures) == n:
+                return np.stack(pictures)
+    if not pictures:
+        raise data.no_pairs_error(source, skipped)
+    return np.stack(pictures)
+
+
+def image_tokenizer(out: Path, given: str, images: str, minutes: float, log):
+    """The frozen VQGAN, kept as out/vqgan.eqx: the one there, else a copy of `given`, else for the shapes world the
+    shipped shapes tokenizer, else one of USER_CODES codes trained on a sample of the run's own pictures in at most
+    USER_SHARE of the run's budget (0 = no budget): the shapes tokenizer would turn them into blobs of six colours."""
+    path = out / "vqgan.eqx"
+    source = Path(given) if given else None if images else SHAPES_VQGAN
+    if path.exists():
+        log(f"image tokenizer: {path}, already in the run folder")
+    elif source:
+        log(f"image tokenizer: copying {source} to {path}")
+        checkpoint.write_atomically(path, lambda f: f.write(source.read_bytes()))
+    else:
+        if jax.process_count() > 1:
+            raise ValueError(f"no image tokenizer at {path}: give --vqgan, or train one on one host first "
+                             f"(python train.py --images {images} --out {out})")
+        pictures = readable_pictures(images, vqgan.VQGANConfig().image_size, TOKENIZER_PICTURES)  # (n, S, S, 3)
+        held_out = pictures[:max(1, len(pictures) // 10)]  # (k, S, S, 3), never trained on
+        log(f"image tokenizer: none given (--vqgan), training one on {len(pictures) - len(held_out)} of your "
+            f"pictures into {path}")
+        budget = VQGANTrainConfig(minutes=minutes * USER_SHARE)
+        train_pictures = pictures[len(held_out):] if len(pictures) > 1 else pictures
+        vq = train_vqgan(path, dataclasses.replace(vqgan.VQGANConfig(), codebook_size=USER_CODES), tcfg=budget,
+                         images=train_pictures)
+        again = vqgan.decode_tokens(vq, vqgan.encode_images(vq, held_out))
+        log(f"image tokenizer: {path} reconstructs {len(held_out)} held-out pictures of yours at PSNR "
+            f"{psnr(held_out, again):.1f} dB")
+    return vqgan.load_vqgan(path), path
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/shapes/vqgan.eqx",
                         help="where to write the tokenizer (train.py --out runs/shapes then uses it); the shipped "
                              "one pairs with checkpoints/shapes/upgen.eqx, so do not overwrite it")
-    parser.add_argument("--steps", type=int, default=VQGANTrainConfig.steps, help="optimizer steps")
-    parser.add_argument("--minutes", type=float, default=VQGANTrainConfig.max_minutes,
-                        help="wall-clock budget: training (and its learning-rate decay) ends at this or at --steps, "
-                             "whichever comes first; 0 for no budget")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and training pictures")
+    for name, help in [("steps", "optimizer steps"), ("seed", "seed of the weights and training pictures"),
+                       ("minutes", "wall-clock budget: training (and its learning-rate decay) ends at this or at "
+                                   "--steps, whichever comes first; 0 for no budget")]:
+        config.flag(parser, VQGANTrainConfig(), name, help)
     parser.add_argument("--eval-only", action="store_true", help="only evaluate the tokenizer at --out")
     parser.add_argument("--held-out", type=int, default=500, help="held-out pictures to evaluate on")
     args = parser.parse_args()
@@ -150,8 +215,7 @@ def main():
             vq = vqgan.load_vqgan(args.out)
         else:
             start = time.perf_counter()
-            tcfg = VQGANTrainConfig(steps=args.steps, max_minutes=args.minutes or None, seed=args.seed)
-            vq = train_vqgan(args.out, tcfg=tcfg)
+            vq = train_vqgan(args.out, tcfg=VQGANTrainConfig(**config.fields_of(VQGANTrainConfig, args)))
             print(f"trained in {time.perf_counter() - start:.0f} s; wrote {args.out}")
         n = args.held_out
         images, _, labels = shapes.examples(n, seed=HELD_OUT_SEED, cfg=shapes.ShapesConfig(vq.cfg.image_size))

@@ -1,9 +1,8 @@
-"""data.py: text survives the tokenizer; image-caption files and checkpoints fail cleanly."""
+"""data.py: image-caption files stream their pairs and name what to skip; the held-out slice and sources."""
 
 import io
 import tarfile
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,45 +14,6 @@ import shapes
 @pytest.fixture(scope="module")
 def world():
     return shapes.examples(300, seed=0)
-
-
-def test_captions_round_trip_through_the_tokenizer(world):
-    _, captions, _ = world
-    tokenizer = data.build_tokenizer(captions)
-    for caption in captions:
-        ids = tokenizer.encode(caption)
-        assert ids.shape == (16,) and ids.dtype == np.int32
-        assert tokenizer.decode(ids) == caption
-        assert (ids >= data.N_SPECIAL + data.N_BYTES).sum() == len(caption.split())  # one id per word
-
-
-def test_any_string_encodes_and_padding_is_explicit(world):
-    tokenizer = data.build_tokenizer(world[1], length=16)
-    assert list(tokenizer.encode("")) == [data.PAD] * 16
-    assert tokenizer.encode("x" * 10_000).shape == (16,)
-    assert data.MASK not in tokenizer.encode("[MASK] [PAD] mask pad")  # text cannot forge special ids
-    unknown = tokenizer.encode("a zebra in the café")
-    assert tokenizer.decode(unknown) == "a zebra in the café"  # unknown words spelled in bytes
-    ids = tokenizer.encode("a red circle")
-    assert list(ids[3:]) == [data.PAD] * 13
-    assert tokenizer.decode([data.MASK, data.PAD, *ids]) == "a red circle"
-    assert isinstance(tokenizer.decode(np.arange(tokenizer.vocab_size)), str)  # any generation decodes
-
-
-def test_checkpoints_are_written_atomically_and_load_back(tmp_path):
-    path = tmp_path / "c.eqx"
-    tree = {"w": jnp.arange(6.0).reshape(2, 3)}
-    data.save_checkpoint(path, {"step": 7}, tree)
-    header, loaded = data.load_checkpoint(path, lambda h: {"w": jnp.zeros((2, 3))})
-    assert header == {"step": 7} and np.array_equal(loaded["w"], tree["w"])
-    assert not list(tmp_path.glob("*.tmp"))
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        data.load_checkpoint(tmp_path / "missing.eqx", lambda h: tree)
-    with pytest.raises(ValueError, match="does not match"):
-        data.load_checkpoint(path, lambda h: {"w": jnp.zeros((3, 3))})
-    path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(ValueError, match="truncated"):
-        data.load_checkpoint(path, lambda h: {"w": jnp.zeros((2, 3))})
 
 
 def _png(image):
@@ -100,8 +60,25 @@ def test_text_corpus_is_one_document_per_line(tmp_path):
         next(data.text_lines(tmp_path / "missing.txt"))
 
 
-def test_the_vocabulary_count_is_bounded_and_keeps_the_frequent_words():
-    rare = (f"w{i}" for i in range(5000))  # 5000 words seen once, far past 16 x max_words distinct ones
-    texts = (f"red blue red {word}" if i % 2 else f"blue {word}" for i, word in enumerate(rare))
-    tokenizer = data.build_tokenizer(texts, max_words=8)
-    assert tokenizer.words[:2] == ("blue", "red") and len(tokenizer.words) == 8
+def test_the_held_out_slice_is_set_by_the_pairs_names_alone_and_about_its_share():
+    names = [f"{i:09d}" for i in range(4000)]
+    slice_of = lambda prefix: [data.is_held_out(prefix + n) for n in names]  # noqa: E731
+    assert slice_of("a/shapes-00000.tar:") == slice_of("b/other.tar:")  # another .tar or folder holding the pair
+    assert slice_of("") == [data.is_held_out(f"/data/{n}.jpg") for n in names]  # a folder's a.jpg + a.txt
+    assert abs(np.mean(slice_of("")) - data.HELD_OUT) < 0.01
+    assert not any(data.is_held_out(n, 0.0) for n in names)
+
+
+def test_sources_are_folders_tars_globs_and_brace_patterns(shapes_tars, tmp_path):
+    folder = shapes_tars[0].parent
+    assert data.expand("a/{08..10}-{0..1}.tar") == ["a/08-0.tar", "a/08-1.tar", "a/09-0.tar", "a/09-1.tar",
+                                                     "a/10-0.tar", "a/10-1.tar"]
+    listed = [("tar", p) for p in shapes_tars]
+    assert data.input_files(str(folder), 10) == listed
+    assert data.input_files(f"{folder}/shapes-0000[0-3].tar", 10) == listed
+    assert data.input_files(f"{folder}/shapes-{{00000..00001}}.tar,{folder}/*-0000[23].tar", 10) == listed
+    for i in range(5):
+        (tmp_path / f"{i}.png").write_bytes(b"")
+    assert [len(paths) for _, paths in data.input_files(str(tmp_path), 2)] == [2, 2, 1]
+    with pytest.raises(FileNotFoundError, match="no data at"):
+        data.input_files(f"{folder}/shapes-{{00000..00004}}.tar", 10)

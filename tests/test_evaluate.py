@@ -5,7 +5,9 @@ import jax
 import numpy as np
 import pytest
 
+import data
 import evaluate
+import pictures
 import sample
 import shapes
 import upgen
@@ -19,7 +21,7 @@ SHARES = ("text->image", "image->text", "unconditional valid", "unconditional ma
 
 def test_inpainting_cases_keep_no_shape_and_ask_for_one_that_fits():
     images, keep, labels = evaluate.inpainting_cases(40, seed=1)
-    cells = sample.cell_pixels(keep, 64)[..., 0]
+    cells = pictures.cell_pixels(keep, 64)[..., 0]
     for image, kept, prompt, cell_keep in zip(images, cells, labels, keep):
         background = np.median(image[kept], axis=0)
         assert np.abs(image[kept].astype(int) - background).max() < 8  # the kept part is plain background
@@ -32,7 +34,7 @@ def test_inpainting_cases_keep_no_shape_and_ask_for_one_that_fits():
 
 @pytest.fixture(scope="module")
 def shipped():
-    return sample.load(SHIPPED)
+    return upgen.load_run(SHIPPED)
 
 
 def test_the_shipped_model_draws_and_captions_the_shapes_world(shipped):
@@ -104,7 +106,7 @@ def test_the_nearest_pictures_reader_reads_held_out_pictures_above_chance(shippe
                     shards.ShardsConfig(held_out=0.25, chunk=32), log=lambda line: None)
     rows, references = (shards.held_out_rows(tmp_path / "shards", 1000, training) for training in (False, True))
     assert len(rows) > 20 and len(rows) + len(references) == 160
-    held = [i for i in range(160) if shards.is_held_out(f"{i:03d}.png", 0.25)]
+    held = [i for i in range(160) if data.is_held_out(f"{i:03d}.png", 0.25)]
     wrong = labels[held] + [0, 0, 0, 1]  # drawings in the next place: a drawer that gets the place wrong
     wrong[:, 3] %= 5
     drawn = vqgan.encode_images(vq, np.stack([shapes.render(label, np.random.default_rng(0)) for label in wrong]))

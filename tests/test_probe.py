@@ -7,9 +7,9 @@ import pytest
 
 import data
 import probe
-import sample
 import shapes
-from upgen import UPGen, UPGenConfig, make_sequence, save_upgen
+import vocab
+from upgen import UPGen, UPGenConfig, load_run, make_sequence, save_upgen
 from vqgan import VQGAN, VQGANConfig, save_vqgan
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes"
@@ -21,7 +21,7 @@ def ckpt(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
     vq_cfg = VQGANConfig(image_size=64, filters=8, channel_multipliers=(1, 1, 1, 1), embedding_dim=8,
                          codebook_size=32, norm_groups=4)
-    tokenizer = data.build_tokenizer(["a large red circle in the top left"])
+    tokenizer = vocab.build_tokenizer(["a large red circle in the top left"])
     cfg = UPGenConfig(image_codes=32, image_tokens=vq_cfg.tokens_per_side ** 2, text_vocab=tokenizer.vocab_size,
                       width=32, depth=2, heads=2, mlp=64)
     save_vqgan(folder / "vqgan.eqx", VQGAN(vq_cfg, key=jax.random.key(1)))
@@ -38,7 +38,7 @@ def error_of(argv):
 
 
 def test_features_are_each_layers_mean_over_image_positions_of_an_image_only_sequence(ckpt):
-    model, _, _ = sample.load(ckpt)
+    model, _, _ = load_run(ckpt)
     ids = np.random.default_rng(0).integers(0, 32, size=(3, 64)).astype(np.int32)
     features = probe.model_features(model, ids, None, batch_size=2)  # 2 batches, the last one padded
     _, hiddens = model(make_sequence(ids[2], None, model.cfg), hidden=True)  # (depth, L, D)

@@ -17,6 +17,7 @@ from PIL import Image
 import data
 import shapes
 import shards
+import vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = shards.ShardsConfig(shard_size=32, chunk=8)
@@ -49,7 +50,7 @@ def straight(eight_tars, tiny_vqgan, tmp_path_factory):
 def test_shards_hold_codes_and_caption_ids_and_open_memory_mapped(straight, eight_tars, tiny_vqgan, tmp_path):
     import vqgan
     manifest = json.loads(straight["manifest-0of1.json"])
-    held = [[shards.is_held_out(f"shapes.tar:{32 * i + j:09d}") for j in range(32)] for i in range(8)]
+    held = [[data.is_held_out(f"shapes.tar:{32 * i + j:09d}") for j in range(32)] for i in range(8)]
     assert manifest["complete"] and [(s["examples"], s["held_out"]) for s in manifest["shards"]] == [
         (32 - sum(h), sum(h)) for h in held]
     assert sorted(straight) == sorted([f"{kind}-{i:05d}.npy" for i in range(8) for kind in ("images", "held-out")]
@@ -64,29 +65,9 @@ def test_shards_hold_codes_and_caption_ids_and_open_memory_mapped(straight, eigh
     assert np.array_equal(images[0][:, :64], codes[train])  # the held-out pairs are in no training shard
     assert np.array_equal(np.load(tmp_path / "held-out-00000.npy")[:, :64], codes[out])
     assert [tokenizer.decode(row) for row in texts[0]] == [c for c, t in zip(captions, train) if t]  # no corpus
-    lengths = [(tokenizer.encode(c) != data.PAD).sum() for i in range(8)
+    lengths = [(tokenizer.encode(c) != vocab.PAD).sum() for i in range(8)
                for c, h in zip(shapes.examples(32, seed=[0, i])[1], held[i]) if not h]
     assert tokenizer.caption_lengths == tuple(np.bincount(lengths, minlength=17)[1:].tolist())
-
-
-def test_the_held_out_slice_is_set_by_the_pairs_names_alone_and_about_its_share():
-    names = [f"{i:09d}" for i in range(4000)]
-    slice_of = lambda prefix: [shards.is_held_out(prefix + n) for n in names]  # noqa: E731
-    assert slice_of("a/shapes-00000.tar:") == slice_of("b/other.tar:")  # another .tar or folder holding the pair
-    assert slice_of("") == [shards.is_held_out(f"/data/{n}.jpg") for n in names]  # a folder's a.jpg + a.txt
-    assert abs(np.mean(slice_of("")) - shards.ShardsConfig.held_out) < 0.01
-    assert not any(shards.is_held_out(n, 0.0) for n in names)
-
-
-def test_no_tokenizer_trains_on_a_held_out_picture(tmp_path):
-    pictures, captions, _ = shapes.examples(64, seed=0)
-    for i, (picture, caption) in enumerate(zip(pictures, captions)):
-        Image.fromarray(picture).save(tmp_path / f"{i:04d}.png")
-        (tmp_path / f"{i:04d}.txt").write_text(caption)
-    out = np.array([shards.is_held_out(f"{i:04d}") for i in range(64)])
-    assert out.any()
-    read = shards.readable_pictures(str(tmp_path), 64, 1000)
-    assert np.array_equal(read, pictures[~out])
 
 
 def test_held_out_rows_spread_over_every_process_s_shards(eight_tars, tiny_vqgan, tmp_path):
@@ -210,21 +191,6 @@ def test_each_process_tokenises_only_its_own_files(shapes_tars, tiny_vqgan, tmp_
     assert [tokenizer.decode(row) for row in texts[0]] == ["line 2", "line 3"]
     with pytest.raises(ValueError, match="4 input file.* for 5 processes"):
         shards.tokenise(f"{tmp_path}/*.tar", tiny_vqgan, tmp_path / "five", process=0, processes=5)
-
-
-def test_sources_are_folders_tars_globs_and_brace_patterns(shapes_tars, tmp_path):
-    folder = shapes_tars[0].parent
-    assert shards.expand("a/{08..10}-{0..1}.tar") == ["a/08-0.tar", "a/08-1.tar", "a/09-0.tar", "a/09-1.tar",
-                                                     "a/10-0.tar", "a/10-1.tar"]
-    listed = [("tar", p) for p in shapes_tars]
-    assert shards.input_files(str(folder), 10) == listed
-    assert shards.input_files(f"{folder}/shapes-0000[0-3].tar", 10) == listed
-    assert shards.input_files(f"{folder}/shapes-{{00000..00001}}.tar,{folder}/*-0000[23].tar", 10) == listed
-    for i in range(5):
-        (tmp_path / f"{i}.png").write_bytes(b"")
-    assert [len(paths) for _, paths in shards.input_files(str(tmp_path), 2)] == [2, 2, 1]
-    with pytest.raises(FileNotFoundError, match="no data at"):
-        shards.input_files(f"{folder}/shapes-{{00000..00004}}.tar", 10)
 
 
 def test_the_command_line_reports_bad_input_in_one_line(tmp_path):

@@ -303,10 +303,10 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
     log = (tmp_path / "folder" / "train.log").read_text()
     assert "skipped 1 " in log and "broken.png: cannot read image" in log
     assert "draws from 5 pictures and 3 texts" in log
-    import data
     import upgen
+    import vocab
     _, tokenizer = upgen.load_upgen(tmp_path / "folder" / "upgen.eqx")  # the captions' lengths, not the corpus's
-    lengths = np.bincount([(tokenizer.encode(c) != data.PAD).sum() for c in captions], minlength=tokenizer.length + 1)
+    lengths = np.bincount([(tokenizer.encode(c) != vocab.PAD).sum() for c in captions], minlength=tokenizer.length + 1)
     assert tokenizer.caption_lengths == tuple(lengths[1:].tolist())
     log = (tmp_path / "tar" / "train.log").read_text()
     assert "draws from 5 pictures and 5 texts" in log and "skipped 0 " in log  # no corpus: the captions are the text
@@ -314,10 +314,10 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
 
 
 def test_a_folder_run_reports_its_held_out_pairs_which_no_step_trained_on(tmp_path, tiny_vqgan):
+    import data
     import evaluate
-    import shards
     captions = write_pairs(tmp_path / "pairs", 70)  # pictures 62 and 66 are in the held-out slice
-    held = [i for i in range(70) if shards.is_held_out(f"{tmp_path}/pairs/{i}.png")]
+    held = [i for i in range(70) if data.is_held_out(f"{tmp_path}/pairs/{i}.png")]
     assert held == [62, 66]
     finish_train(start_train(tmp_path / "run", tiny_vqgan, "--images", str(tmp_path / "pairs"), "--steps", "6",
                              "--samples", "2"))
@@ -338,14 +338,13 @@ def test_a_folder_run_reports_its_held_out_pairs_which_no_step_trained_on(tmp_pa
 
 def test_a_folder_of_user_pictures_never_gets_the_shapes_tokenizer(tmp_path, tiny_vqgan, monkeypatch):
     import shutil
-    import shards
     import vqgan
     import vqgan_train
     write_pairs(tmp_path / "pairs", 12)
     trained_on = []
 
     def train_vqgan(path, cfg, tcfg, images):  # stands in for minutes of training: a tiny tokenizer of the right kind
-        assert cfg.codebook_size == shards.USER_CODES
+        assert cfg.codebook_size == vqgan_train.USER_CODES
         trained_on.append(images)
         shutil.copyfile(tiny_vqgan, path)
         return vqgan.load_vqgan(path)
@@ -355,8 +354,9 @@ def test_a_folder_of_user_pictures_never_gets_the_shapes_tokenizer(tmp_path, tin
     for run, given, images in (("yours", "", "pairs"), ("given", tiny_vqgan, "pairs"), ("shapes", "", "")):
         (tmp_path / run).mkdir()
         logs[run] = []
-        shards.image_tokenizer(tmp_path / run, given, str(tmp_path / images) if images else "", 1.0, logs[run].append)
-        shapes_tokenizer = (tmp_path / run / "vqgan.eqx").read_bytes() == shards.SHAPES_VQGAN.read_bytes()
+        source = str(tmp_path / images) if images else ""
+        vqgan_train.image_tokenizer(tmp_path / run, given, source, 1.0, logs[run].append)
+        shapes_tokenizer = (tmp_path / run / "vqgan.eqx").read_bytes() == vqgan_train.SHAPES_VQGAN.read_bytes()
         assert shapes_tokenizer == (run == "shapes"), logs[run]
     assert len(trained_on) == 1 and trained_on[0].shape == (11, 64, 64, 3)  # one of the 12 pictures held out
     assert "training one on 11 of your pictures" in logs["yours"][0] and "PSNR" in logs["yours"][1]

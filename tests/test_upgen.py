@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import data
 import upgen
+import vocab
 from upgen import IMAGE_ONLY, PAIRED, TEXT_ONLY
 
 TINY = upgen.UPGenConfig(image_codes=16, image_tokens=8, text_vocab=12, text_tokens=6,
@@ -21,7 +21,7 @@ def random_sequences(cfg, kinds, text_lengths, *, seed=0):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, cfg.image_codes, (len(kinds), cfg.image_tokens))
     texts = rng.integers(2, cfg.text_vocab, (len(kinds), cfg.text_tokens))  # 0, 1 are PAD, MASK
-    texts[np.arange(cfg.text_tokens)[None, :] >= np.asarray(text_lengths)[:, None]] = data.PAD
+    texts[np.arange(cfg.text_tokens)[None, :] >= np.asarray(text_lengths)[:, None]] = vocab.PAD
     tokens = np.array(upgen.make_sequence(jnp.asarray(images), jnp.asarray(texts), cfg))
     kinds = np.asarray(kinds, np.int32)
     tokens[kinds == IMAGE_ONLY, cfg.image_tokens:] = cfg.pad_id

@@ -2,7 +2,9 @@
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
+import data
 import shapes
 import vqgan
 import vqgan_train
@@ -35,6 +37,17 @@ def test_edge_term_counts_a_moved_outline_but_not_a_uniform_brightening():
     moved = lambda image: jax.numpy.roll(image, 1, axis=-1)  # the square one pixel to the right
     assert loss(brighter, 1.0) == pytest.approx(loss(brighter, 0.0))
     assert loss(moved, 1.0) > 2 * loss(moved, 0.0) > 0
+
+
+def test_no_tokenizer_trains_on_a_held_out_picture(tmp_path):
+    pictures, captions, _ = shapes.examples(64, seed=0)
+    for i, (picture, caption) in enumerate(zip(pictures, captions)):
+        Image.fromarray(picture).save(tmp_path / f"{i:04d}.png")
+        (tmp_path / f"{i:04d}.txt").write_text(caption)
+    out = np.array([data.is_held_out(f"{i:04d}") for i in range(64)])
+    assert out.any()
+    read = vqgan_train.readable_pictures(str(tmp_path), 64, 1000)
+    assert np.array_equal(read, pictures[~out])
 
 
 @pytest.mark.slow  # ~50 s on 2 busy cores, mostly compiling the training step
