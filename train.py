@@ -381,7 +381,8 @@ def start_or_resume(tcfg: TrainConfig, run: RunConfig, out: Path, log):
             raise ValueError(f"--resume: no state_<step>.eqx in {out}; run without --resume to start")
         header = checkpoint.read_header(state_files(out)[-1])
         before, now = {**header["train"], **header["run"]}, {**dataclasses.asdict(tcfg), **dataclasses.asdict(run)}
-        changed = [f"--{k.replace('_', '-')} {before[k]} -> {now[k]}" for k in sorted(MAY_CHANGE) if before[k] != now[k]]
+        changed = [f"--{k.replace('_', '-')} {before[k]} -> {now[k]}" for k in sorted(MAY_CHANGE)
+                   if before.get(k, now[k]) != now[k]]
         log(f"resuming {state_files(out)[-1]} at step {saved.step}, progress {saved.progress:.3f}"
             + (f"; changed: {', '.join(changed)}" if changed else ""))
     elif state_files(out):

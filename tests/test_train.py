@@ -181,7 +181,7 @@ def wait_for(path, text, proc):
 
 def test_a_preempted_run_saves_its_step_refuses_a_second_run_and_resumes_to_the_same_model(tmp_path, tiny_vqgan):
     import train
-    flags = ("--shapes", "32", "--steps", "100000", "--log-every", "1")  # far longer than the test: only a signal ends it
+    flags = ("--shapes", "32", "--steps", "100000", "--log-every", "1")  # longer than the test: only a signal ends it
     run = start_train(tmp_path / "run", tiny_vqgan, *flags, output=open(tmp_path / "run.out", "wb"))
     wait_for(tmp_path / "run" / "train.log", "step 2 lr", run)
     second = start_train(tmp_path / "run", tiny_vqgan, *flags)
@@ -201,8 +201,9 @@ def test_a_preempted_run_saves_its_step_refuses_a_second_run_and_resumes_to_the_
 def test_a_killed_run_leaves_its_folder_free(tmp_path):
     import train
     hold = "import sys, time, pathlib, train; lock = train.run_lock(pathlib.Path(sys.argv[1])); lock.__enter__()"
-    holder = subprocess.Popen([sys.executable, "-c", hold + "; print('held', flush=True); time.sleep(600)", str(tmp_path)],
-                              cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    hold += "; print('held', flush=True); time.sleep(600)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert holder.stdout.readline() == b"held\n"
     with pytest.raises(ValueError, match=f"is in use by another run \\(pid {holder.pid} on "):
         with train.run_lock(tmp_path):
