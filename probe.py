@@ -137,7 +137,7 @@ def held_out_probe(model, tokenizer, folder, cfg: ProbeConfig, *, layer=None, ke
     """A run's own pairs, in its token shards folder, their captions the classes: the probe trained on the training
     pairs and scored on the held-out pairs, beside zero-shot classification of the same pictures by the model's
     likelihood of each caption (evaluate.zero_shot) -> {"linear probe": share right, **zero-shot figures}."""
-    rows = shards.held_out_rows(folder, evaluate.HELD_OUT_PAIRS)
+    rows = shards.held_out_rows(folder, evaluate.EVAL_PAIRS)
     references = shards.held_out_rows(folder, evaluate.READER_PICTURES, training=True)
     if not len(rows):
         raise ValueError(f"no held-out pairs in {folder}: give --ckpt a run of train.py --images")
