@@ -233,7 +233,7 @@ class UPGen(eqx.Module):
             x = eqx.combine(block_arrays, static)(x, real, dtype)
             return x, x
 
-        if remat:  # inside a scan, common subexpressions cannot leak across the recompute: no need to prevent them
+        if remat:  # scan already keeps XLA from merging the recompute into the forward pass: no extra barriers
             step = jax.checkpoint(step, prevent_cse=False)
         # Two blocks per loop iteration: on a CPU a small model's step is 10-15% faster than one (bench.py), and
         # the compiled program still holds two blocks whatever the depth.
