@@ -1,10 +1,12 @@
-"""Benchmarks: the train step against a reference step, the token shards, the compiled decode.
+"""Benchmarks: the train step against a reference step, the token shards, the compiled decode, captioning, a pod plan.
 
     python bench.py                          # train step tokens/s and MFU: laptop config, then a larger one
     python bench.py --peak-flops 989e12      # MFU against a given peak (an H100's dense bf16)
     python bench.py --shards                 # peak memory, pictures/s and data-loading cost at 20,000 and 200,000
     python bench.py --grid                   # the train step against the reference over depth, width, batch
     python bench.py --decode                 # sample.generate's T-step decode against T single forward passes
+    python bench.py --caption --n 2          # image->text against text->image at the paper's 256 + 64 tokens
+    python bench.py --plan --peak-flops 61.5e12   # the paper's ViT-L run on 512 TPUv3 cores: memory, FLOPs, hours
 
 The reference step is the same encoder written the usual way: a dict of arrays, batched (B, L, D) matmuls,
 layers in a Python loop, a Bernoulli mask, cross-entropy at masked positions, optax.adamw, one jax.jit donating
