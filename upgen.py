@@ -242,11 +242,11 @@ class UPGen(eqx.Module):
             x = eqx.combine(block_arrays, static)(x, real, dtype)
             return x, x
 
-        if remat:  # recompute each block in the backward pass; the blocks are unrolled, so keep XLA from merging the
-            step = jax.checkpoint(step)  # recomputation back into the forward pass (prevent_cse stays on)
-        # Unrolled: a loop's backward pass stacks every block's activations and gradients into loop buffers and
-        # slices them out again, about twice the memory traffic of a plain step (docs/experiments.md, 2026-12-03).
-        x, hiddens = jax.lax.scan(step, x, arrays, unroll=True)             # (L, D), (depth, L, D)
+        if remat:  # scan already keeps XLA from merging the recompute into the forward pass: no extra barriers
+            step = jax.checkpoint(step, prevent_cse=False)
+        # Two blocks per loop iteration: the compiled program holds two blocks whatever the depth, so ViT-L compiles
+        # (and bench.py --plan costs it) in minutes; unrolling all of them is faster on small CPU models only.
+        x, hiddens = jax.lax.scan(step, x, arrays, unroll=2)                # (L, D), (depth, L, D)
         logits = dense(self.head, jax.vmap(self.norm)(x), dtype)            # (L, V) float32
         return (logits, hiddens) if hidden else logits
 
