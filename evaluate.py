@@ -91,7 +91,7 @@ class ShapesEvalConfig:
     captioned: int = 100  # fresh pictures captioned (image->text)
     unconditional: int = 500  # unconditional (picture, caption) pairs drawn
     inpainted: int = 200  # fresh inpainting tasks
-    batch: int = 256  # sequences per compiled decode; image->text decodes a caption of every length: batch // 8
+    batch: int = 256  # sequences per compiled decode; image->text decodes 3 captions a picture: batch // 8
 
     def __post_init__(self):
         config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
@@ -186,7 +186,7 @@ def shapes_eval(model, tokenizer, vq, dcfg, *, key, ecfg=ShapesEvalConfig()):
     start = time.perf_counter()
     t2i_key, i2t_key, uncond_key = jax.random.split(key, 3)
     figures = {"text->image": text_to_image(model, tokenizer, vq, dcfg, ecfg.batch, key=t2i_key)}
-    # write_text decodes a caption of every length per picture: the pictures go in small batches
+    # write_text decodes a caption at each of 3 lengths per picture: the pictures go in smaller batches
     figures["image->text"], figures["example caption"] = image_to_text(
         model, tokenizer, vq, dcfg, ecfg.captioned, ecfg.batch // 8, key=i2t_key)
     uncond = unconditional(model, tokenizer, vq, dcfg, ecfg.unconditional, ecfg.batch, key=uncond_key)
