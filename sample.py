@@ -7,12 +7,10 @@ pictures and captions, and text-guided inpainting, all from one model.
     python sample.py                                                  # unconditional pictures and their captions
     python sample.py --image samples.png                              # a grid it wrote: picture by picture
 
-The decoder (first section) knows nothing about the model: it takes a tokens -> logits function.
-Read upgen.py first for the sequence layout [image tokens | text tokens] (upgen.make_sequence builds it).
-The shapes-world accuracy of every mode is measured in evaluate.py (`python evaluate.py`), on top of this file.
+The decoder (first section) knows nothing about the model: it takes a tokens -> logits function. Read upgen.py
+first for the sequence layout [image tokens | text tokens]; evaluate.py measures every mode on the shapes world.
 """
 import argparse
-import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -48,20 +46,14 @@ class DecodeConfig:
                             ("choice_temperature", self.choice_temperature >= 0, "must be 0 (greedy) or more")])
 
 
-def mask_ratio(progress):
-    """MaskGIT's cosine schedule: the share of unknown tokens still masked after t/T of the steps."""
-    return math.cos(math.pi / 2 * progress)
-
-
 def masked_counts(n_unknown, steps):
-    """Tokens still masked after each step: n_unknown int (B,) -> int32 (B, steps), ending at 0.
-
-    floor(n * cos(pi/2 * t/T)) for t = 1..T, but at least one token fewer each step (MaskGIT's
-    clamp), so a short sequence (n < T) is never left with a step that decides nothing."""
+    """Tokens still masked after each step: n_unknown int (B,) -> int32 (B, steps), ending at 0. MaskGIT's cosine
+    schedule, floor(n * cos(pi/2 * t/T)) for t = 1..T, but at least one token fewer each step (MaskGIT's clamp),
+    so a short sequence (n < T) is never left with a step that decides nothing."""
     n = jnp.asarray(n_unknown, jnp.int32)
     counts, previous = [], n
     for t in range(1, steps + 1):
-        target = jnp.floor(n * mask_ratio(t / steps)).astype(jnp.int32)
+        target = jnp.floor(n * math.cos(math.pi / 2 * (t / steps))).astype(jnp.int32)
         previous = jnp.maximum(jnp.minimum(target, previous - 1), 0)
         counts.append(previous)
     return jnp.stack(counts, axis=-1)  # (B, steps)
@@ -80,10 +72,8 @@ def sample_tokens(logits, temperature, *, key):
 
 def decode(logits_fn, tokens, *, mask_id, dcfg=DecodeConfig(), key):
     """Fills every mask_id of tokens (B, L) -> the sequence after each step (T, B, L); [-1] has no mask.
-
-    logits_fn: (B, L) -> (B, L, V). It must give -inf (or a large negative logit) to ids a slot may not
-    take, [MASK] included; the caller restricts image slots to image codes and text slots to words.
-    The T steps run inside one lax.scan, so the whole decode is one compiled program."""
+    logits_fn: (B, L) -> (B, L, V) must give -inf (or a large negative logit) to ids a slot may not take, [MASK]
+    included. The T steps run inside one lax.scan, so the whole decode is one compiled program."""
     counts = masked_counts((tokens == mask_id).sum(-1), dcfg.steps)  # (B, T)
 
     def step(seq, inputs):
@@ -154,9 +144,8 @@ def length_prior(tokenizer):
     return jnp.asarray(np.log(np.maximum(counts / counts.sum(), 1e-9)), jnp.float32)
 
 
-# Candidate caption lengths per picture: the length prior's likeliest few, each decoded once and scored by two more
-# forward passes, so a caption takes CAPTION_LENGTHS * (T + 2) forward passes (3.5 text->image decodes at T = 12)
-# whatever the text length, where one of every length 1..Nt took Nt times that (81 decodes at 64 text tokens).
+# Caption lengths tried per picture, the prior's likeliest: CAPTION_LENGTHS * (T + 2) forward passes (3.5 text->image
+# decodes at T = 12) whatever the text length, where every length 1..Nt took Nt times that (81 at 64 text tokens).
 # The shapes world's captions have 4 lengths; its likeliest 3 hold 93% of them, and every picture can be said in one.
 CAPTION_LENGTHS = 3
 
@@ -165,13 +154,12 @@ CAPTION_LENGTHS = 3
 def write_text(model, image_ids, prior, dcfg, *, key):
     """Captions of pictures image_ids (B, Ni) -> text token ids (B, Nt), PAD-padded.
 
-    [PAD] is never masked in training, so the model never says where a text ends: we choose the length.
-    We decode a caption y for each of the prior's CAPTION_LENGTHS likeliest lengths k, in one batch, and keep
+    [PAD] is never masked in training, so the model never says where a text ends: we choose the length. We decode
+    a caption y for each of the prior's CAPTION_LENGTHS likeliest lengths k, in one batch, and keep the best
         log p(k) + mean_i log p(y_i | picture, k, all text masked) + mean_j log p(x_j | y, all image masked):
-    the prior (length_prior) picks lengths training captions had, where the model is not confidently wrong
-    (a 4-token "a big red circle" never names its place); the second term rejects captions the model finds
-    unlikely for the picture at that length; the third rejects captions that say too little to redraw the
-    picture x. Each term costs one more forward pass at most."""
+    the prior picks lengths training captions had, where the model is not confidently wrong (a 4-token "a big red
+    circle" never names its place); the second term rejects captions unlikely for the picture at that length; the
+    third, captions that say too little to redraw the picture x."""
     mcfg = model.cfg
     B, Ni, Nt = image_ids.shape[0], mcfg.image_tokens, mcfg.text_tokens
     K = min(CAPTION_LENGTHS, Nt)
@@ -198,13 +186,11 @@ def tokenizer_ids(mcfg, text):
 
 @eqx.filter_jit
 def unconditional(model, lengths, dcfg, guidance=0.0, *, key):
-    """Unconditional (picture, caption) pairs: caption lengths (n,) -> states (T, n, L) of the pictures' decode,
-    each final state holding a picture and the caption it was drawn from.
+    """Unconditional (picture, caption) pairs: caption lengths (n,) -> states (T, n, L) of the pictures' decode.
 
-    Ancestral sampling of p(x, y) = p(y) p(x | y): a joint decode of an all-[MASK] sequence draws the
-    caption y (and a first picture, dropped), then the picture is drawn again from y alone, as text->image
-    draws it, with the same classifier-free guidance on that caption. Drawing the picture directly with no
-    caption (text slots PAD, as image-only training data) gives fewer valid shapes pictures."""
+    Ancestral sampling of p(x, y) = p(y) p(x | y): a joint decode of an all-[MASK] sequence draws the caption y
+    (and a first picture, dropped), then the picture is drawn again from y alone, as text->image draws it. Drawing
+    it directly with no caption (text slots PAD, as image-only training data) gives fewer valid shapes pictures."""
     mcfg = model.cfg
     text = jnp.where(jnp.arange(mcfg.text_tokens) < lengths[:, None], vocab.MASK, vocab.PAD)  # (n, Nt)
     seqs = upgen.make_sequence(jnp.full(mcfg.image_tokens, mcfg.mask_id), text, mcfg)  # (n, L)
@@ -218,30 +204,14 @@ def draw_caption_lengths(tokenizer, n, *, key):
     return jax.random.categorical(key, length_prior(tokenizer), shape=(n,)) + 1
 
 
-def text_ids(tokenizer, prompt):
-    """A prompt -> tokenizer ids (Nt,), with a note on stderr for what the model will not see."""
-    words = set(tokenizer.words)
-    unknown = list(dict.fromkeys(w for w in vocab.WORD.findall(prompt.lower()) if w not in words))
-    if unknown:
-        print(f"note: words the model never saw, spelled out in bytes: {' '.join(unknown[:10])}", file=sys.stderr)
-    full = dataclasses.replace(tokenizer, length=len(prompt.encode("utf-8")) + 1).encode(prompt)
-    if (full != vocab.PAD).sum() > tokenizer.length:
-        print(f"note: the prompt is cut to its first {tokenizer.length} tokens", file=sys.stderr)
-    return tokenizer.encode(prompt)
-
-
 def inputs(mcfg, n, image=None, text=None, keep=None):
-    """Model tokens (n, L) with [MASK] in the image slots to draw: image codes (Ni,) or (n, Ni) kept where keep
-    ((Ni,) or (n, Ni)) is True (all when keep is None), every slot drawn when image is None; text ids (Nt,) or
-    (n, Nt), or PAD if None."""
+    """Model tokens (n, L): image codes (Ni,) or (n, Ni) kept where keep is True (all if keep is None, none if image
+    is None) and [MASK] elsewhere; text ids (Nt,) or (n, Nt), or PAD if None."""
     image_part = np.full(mcfg.image_tokens, mcfg.mask_id)
     if image is not None:
         image_part = np.where(True if keep is None else keep, image, mcfg.mask_id)
     return upgen.make_sequence(np.broadcast_to(image_part, (n, mcfg.image_tokens)), text, mcfg)  # (n, L)
 
-
-# ---------------------------------------------------------------------------------------------------
-# Text-guided inpainting
 
 INPAINT_GUIDANCE = 1.0  # on the shapes eval's inpainting, 1 draws the prompt right more often than 0 or 3
 TEXT_GUIDANCE = 2.0  # text->image: on the shapes eval, 2 draws the prompt right more often than 0 or 4
@@ -249,15 +219,13 @@ TEXT_GUIDANCE = 2.0  # text->image: on the shapes eval, 2 draws the prompt right
 
 def inpaint(model, vq, images, keep, text, dcfg, guidance=INPAINT_GUIDANCE, *, key):
     """Redraws the cells of images uint8 (B, S, S, 3) where keep (B, Ni) is False as text ids (B, Nt) say
-    -> (the tokens (B, L) of the last pass, its states (T, B, L)); the last state holds those kept tokens.
+    -> (the tokens (B, L) of the last pass, its states (T, B, L)).
 
-    The VQGAN encoder sees the whole picture (its convolutions reach ~6 tokens, its GroupNorm all of them),
-    so the tokens of the cells to keep carry traces of what the region held, and the model follows them
-    over the prompt. So the first pass encodes the picture with the region painted over in the kept
-    pixels' median colour, and the second encodes the kept pixels beside the first pass's drawing: its
-    kept tokens describe the kept pixels in the company of what the prompt asks for."""
-    size = images.shape[1]
-    kept = pictures.cell_pixels(keep, size)  # (B, S, S, 1)
+    The VQGAN encoder sees the whole picture (its convolutions reach ~6 tokens, its GroupNorm all of them), so the
+    kept cells' tokens carry traces of what the region held, and the model follows them over the prompt. So the
+    first pass encodes the picture with the region painted in the kept pixels' median colour, and the second the
+    kept pixels beside the first pass's drawing, in the company of what the prompt asks for."""
+    kept = pictures.cell_pixels(keep, images.shape[1])  # (B, S, S, 1)
     fill = np.stack([np.median(image[cells[..., 0]], axis=0) for image, cells in zip(images, kept)])  # (B, 3)
     redrawn = np.where(kept, images, fill[:, None, None].astype(np.uint8))
     for pass_key in jax.random.split(key, 2):
@@ -271,32 +239,10 @@ def inpaint(model, vq, images, keep, text, dcfg, guidance=INPAINT_GUIDANCE, *, k
 # Command line
 
 
-def caption(model, tokenizer, vq, path, n, dcfg, *, key):
-    """Prints n captions of the picture in an image file, or of each picture of a grid with its place in it."""
-    images, (rows, cols) = pictures.read_pictures(path, vq.cfg.image_size)
-    codes = np.repeat(vqgan.encode_images(vq, images), n, axis=0)  # (P * n, Ni), each picture n times
-    captions = [tokenizer.decode(ids) for ids in write_text(model, jnp.asarray(codes), length_prior(tokenizer),
-                                                            dcfg, key=key)]
-    if len(images) == 1:
-        print("\n".join(captions))
-        return
-    for i in range(len(images)):
-        print(f"picture {i + 1} of {len(images)} (row {i // cols + 1}, column {i % cols + 1}):")
-        print("\n".join("  " + text for text in captions[i * n:(i + 1) * n]))
-
-
-def prompt_ids(tokenizer, prompt):
-    """--prompt -> tokenizer ids (Nt,), or None for no prompt (an empty one: unconditional, with a note)."""
-    if prompt is not None and not prompt.strip():
-        print("note: empty prompt, so the pictures are unconditional", file=sys.stderr)
-    return text_ids(tokenizer, prompt) if prompt is not None and prompt.strip() else None
-
-
 def decode_flags(parser):
-    """Adds the DecodeConfig flags, with its defaults (evaluate.py's command line shares them)."""
+    """Adds the DecodeConfig flags (evaluate.py's command line shares them)."""
     for name, help in [("steps", "decoding steps T"), ("temperature", "token sampling temperature (0: argmax)"),
-                       ("choice_temperature", "Gumbel noise on the confidences that pick the tokens to keep, "
-                                              "annealed to 0")]:
+                       ("choice_temperature", "Gumbel noise on the confidences of the tokens to keep, annealed to 0")]:
         config.flag(parser, DecodeConfig(), name, help)
 
 
@@ -333,9 +279,16 @@ def main(argv=None):
         model, tokenizer, vq = upgen.load_run(args.ckpt)
         mcfg, size, n = model.cfg, vq.cfg.image_size, args.n
         length_key, key = jax.random.split(jax.random.key(args.seed))
-        if args.image and args.keep is None:  # image -> text
-            return caption(model, tokenizer, vq, args.image, n, dcfg, key=key)
-        prompt = prompt_ids(tokenizer, args.prompt)
+        if args.image and args.keep is None:  # image -> text: n captions of a picture, or of each one of a grid
+            images, (_, cols) = pictures.read_pictures(args.image, size)
+            codes = np.repeat(vqgan.encode_images(vq, images), n, axis=0)  # (P * n, Ni), each picture n times
+            ids = write_text(model, jnp.asarray(codes), length_prior(tokenizer), dcfg, key=key)
+            for i, picture in enumerate(ids.reshape(len(images), n, -1)):
+                if len(images) > 1:
+                    print(f"picture {i + 1} of {len(images)} (row {i // cols + 1}, column {i % cols + 1}):")
+                print("\n".join("  " * (len(images) > 1) + tokenizer.decode(row) for row in picture))
+            return
+        prompt = vocab.prompt_ids(tokenizer, args.prompt)
         guidance = args.guidance
         if guidance is None:  # each mode's default
             guidance = INPAINT_GUIDANCE if args.keep is not None else TEXT_GUIDANCE if prompt is not None else 0.0

@@ -5,8 +5,10 @@ A word vocabulary built from the training text keeps captions short (8-12 tokens
 out in UTF-8 bytes, so every string encodes, nothing needs downloading, and decoding gives back readable text. The
 vocabulary is saved in the checkpoint header with the model. Read next: vqgan.py (pictures -> tokens).
 """
+import dataclasses
 import functools
 import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,3 +75,19 @@ def build_tokenizer(texts, length=16, max_words=8192):
 def tokenizer_from_header(fields: dict) -> Tokenizer:
     """The Tokenizer saved in a checkpoint header (JSON turns its tuples into lists)."""
     return Tokenizer(tuple(fields["words"]), fields["length"], tuple(fields["caption_lengths"]))
+
+
+def prompt_ids(tokenizer, prompt):
+    """A prompt -> ids (length,), with a note on stderr for what the model will not see; None for no prompt, or an
+    empty one (the pictures are then unconditional)."""
+    if prompt is None or not prompt.strip():
+        if prompt is not None:
+            print("note: empty prompt, so the pictures are unconditional", file=sys.stderr)
+        return None
+    unknown = list(dict.fromkeys(w for w in WORD.findall(prompt.lower()) if w not in tokenizer.word_ids))
+    if unknown:
+        print(f"note: words the model never saw, spelled out in bytes: {' '.join(unknown[:10])}", file=sys.stderr)
+    full = dataclasses.replace(tokenizer, length=len(prompt.encode("utf-8")) + 1).encode(prompt)
+    if (full != PAD).sum() > tokenizer.length:
+        print(f"note: the prompt is cut to its first {tokenizer.length} tokens", file=sys.stderr)
+    return tokenizer.encode(prompt)

@@ -281,18 +281,20 @@ def test_cli_same_seed_same_pictures(ckpt, tmp_path, capsys):
     assert np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[0], pixels[2])
 
 
-@pytest.mark.parametrize("prompt", ["", "zebra giraffe quux", "a red circle " * 800])
-def test_cli_odd_prompts_still_give_pictures(ckpt, tmp_path, capsys, prompt):
+@pytest.mark.parametrize("prompt, note", [("", "empty prompt, so the pictures are unconditional"),
+                                          ("zebra giraffe quux", "never saw, spelled out in bytes: zebra giraffe quux"),
+                                          ("a red circle " * 800, "the prompt is cut to its first 6 tokens")])
+def test_cli_odd_prompts_still_give_pictures_and_a_note(ckpt, tmp_path, capsys, prompt, note):
     out = tmp_path / "grid.png"
-    message, printed, _ = cli(capsys, "--ckpt", str(ckpt), "--steps", "2", "--prompt", prompt, "--out", str(out))
-    assert message is None
+    message, printed, noted = cli(capsys, "--ckpt", str(ckpt), "--steps", "2", "--prompt", prompt, "--out", str(out))
+    assert message is None and note in noted
     grid = np.asarray(Image.open(out))
     assert grid.shape == (18, 4 * 18, 3)  # one row of --n 4 pictures of 16x16, each in a 1-pixel white frame
     model, tokenizer, vq = upgen.load_run(ckpt)  # the same draw through the library: the same pictures
     length_key, key = jax.random.split(jax.random.key(0))
     dcfg = sample.DecodeConfig(steps=2)
     if prompt:
-        tokens = sample.inputs(model.cfg, 4, text=sample.text_ids(tokenizer, prompt))
+        tokens = sample.inputs(model.cfg, 4, text=vocab.prompt_ids(tokenizer, prompt))
         states = sample.generate(model, tokens, dcfg, sample.TEXT_GUIDANCE, key=key)  # the CLI's guidance
     else:  # unconditional, with the captions it prints
         states = sample.unconditional(model, sample.draw_caption_lengths(tokenizer, 4, key=length_key), dcfg, 0.0,
