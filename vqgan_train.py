@@ -10,7 +10,6 @@ Its last part chooses a run's image tokenizer for train.py (image_tokenizer): th
 tokenizer, or one trained here on the run's own pictures. Read next: upgen.py, the transformer that models these tokens.
 """
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -45,7 +44,7 @@ class VQGANTrainConfig:
     edge_weight: float = 1.0
     adam_betas: tuple[float, float] = (0.5, 0.9)  # taming-transformers' betas; the usual ones made runs unstable here
     restart_every: int = 50  # every this many steps, codes unused since the last check move onto latents
-    train_pictures: int = 20_000  # size of the training pool (rendered once)
+    train_pictures: int = 20_000  # size of the training pool: shapes rendered once, or of a run's own pictures read
     minutes: float = 4.5  # wall-clock budget: the run (and its cosine) ends at this or at steps, whichever comes
     #                        first; 0 runs every step
     seed: int = 0  # seed of the weights and the training pictures
@@ -146,10 +145,6 @@ def train_vqgan(out_path, cfg=vqgan.VQGANConfig(), tcfg=VQGANTrainConfig(), imag
 # A run's image tokenizer (train.py): the one given, the shapes one, or one trained on the run's own pictures
 
 SHAPES_VQGAN = Path(__file__).parent / "checkpoints/shapes/vqgan.eqx"  # knows the shapes world's colours only
-USER_CODES = 32  # codes of a tokenizer trained on your pictures: over scanned digits, a 10-minute run with 32 codes
-#                   captions 57% of held-out pictures right where 512 (the shapes tokenizer's) let it 14%
-USER_SHARE = 1 / 3  # of the run's budget for training that tokenizer; the rest is UPGen's
-TOKENIZER_PICTURES = 5000  # the sample of a user's pictures a tokenizer of their own trains on (~60 MB at 64x64)
 
 
 def readable_pictures(source, size, n):
@@ -167,10 +162,10 @@ def readable_pictures(source, size, n):
     return np.stack(pictures)
 
 
-def image_tokenizer(out: Path, given: str, images: str, minutes: float, log):
+def image_tokenizer(out: Path, given: str, images: str, cfg: vqgan.VQGANConfig, tcfg: VQGANTrainConfig, log):
     """The frozen VQGAN, kept as out/vqgan.eqx: the one there, else a copy of `given`, else for the shapes world the
-    shipped shapes tokenizer, else one of USER_CODES codes trained on a sample of the run's own pictures in at most
-    USER_SHARE of the run's budget (0 = no budget): the shapes tokenizer would turn them into blobs of six colours."""
+    shipped shapes tokenizer, else a cfg one trained as tcfg says on the first tcfg.train_pictures readable pictures
+    of images, a tenth held out: the shapes tokenizer would turn them into blobs of six colours."""
     path = out / "vqgan.eqx"
     source = Path(given) if given else None if images else SHAPES_VQGAN
     if path.exists():
@@ -182,14 +177,12 @@ def image_tokenizer(out: Path, given: str, images: str, minutes: float, log):
         if jax.process_count() > 1:
             raise ValueError(f"no image tokenizer at {path}: give --vqgan, or train one on one host first "
                              f"(python train.py --images {images} --out {out})")
-        pictures = readable_pictures(images, vqgan.VQGANConfig().image_size, TOKENIZER_PICTURES)  # (n, S, S, 3)
+        pictures = readable_pictures(images, cfg.image_size, tcfg.train_pictures)  # (n, S, S, 3)
         held_out = pictures[:max(1, len(pictures) // 10)]  # (k, S, S, 3), never trained on
         log(f"image tokenizer: none given (--vqgan), training one on {len(pictures) - len(held_out)} of your "
             f"pictures into {path}")
-        budget = VQGANTrainConfig(minutes=minutes * USER_SHARE)
         train_pictures = pictures[len(held_out):] if len(pictures) > 1 else pictures
-        vq = train_vqgan(path, dataclasses.replace(vqgan.VQGANConfig(), codebook_size=USER_CODES), tcfg=budget,
-                         images=train_pictures)
+        vq = train_vqgan(path, cfg, tcfg, images=train_pictures)
         again = vqgan.decode_tokens(vq, vqgan.encode_images(vq, held_out))
         log(f"image tokenizer: {path} reconstructs {len(held_out)} held-out pictures of yours at PSNR "
             f"{psnr(held_out, again):.1f} dB")

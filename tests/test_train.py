@@ -345,7 +345,7 @@ def test_a_folder_of_user_pictures_never_gets_the_shapes_tokenizer(tmp_path, tin
     trained_on = []
 
     def train_vqgan(path, cfg, tcfg, images):  # stands in for minutes of training: a tiny tokenizer of the right kind
-        assert cfg.codebook_size == vqgan_train.USER_CODES
+        assert cfg.codebook_size == 24 and tcfg.minutes == 0.5
         trained_on.append(images)
         shutil.copyfile(tiny_vqgan, path)
         return vqgan.load_vqgan(path)
@@ -356,21 +356,24 @@ def test_a_folder_of_user_pictures_never_gets_the_shapes_tokenizer(tmp_path, tin
         (tmp_path / run).mkdir()
         logs[run] = []
         source = str(tmp_path / images) if images else ""
-        vqgan_train.image_tokenizer(tmp_path / run, given, source, 1.0, logs[run].append)
+        vqgan_train.image_tokenizer(tmp_path / run, given, source, vqgan.VQGANConfig(codebook_size=24),
+                                    vqgan_train.VQGANTrainConfig(minutes=0.5, train_pictures=10), logs[run].append)
         shapes_tokenizer = (tmp_path / run / "vqgan.eqx").read_bytes() == vqgan_train.SHAPES_VQGAN.read_bytes()
         assert shapes_tokenizer == (run == "shapes"), logs[run]
-    assert len(trained_on) == 1 and trained_on[0].shape == (11, 64, 64, 3)  # one of the 12 pictures held out
-    assert "training one on 11 of your pictures" in logs["yours"][0] and "PSNR" in logs["yours"][1]
+    assert len(trained_on) == 1 and trained_on[0].shape == (9, 64, 64, 3)  # 10 of the 12 pictures read, 1 held out
+    assert "training one on 9 of your pictures" in logs["yours"][0] and "PSNR" in logs["yours"][1]
     assert logs["given"] == [f"image tokenizer: copying {tiny_vqgan} to {tmp_path / 'given' / 'vqgan.eqx'}"]
 
 
 @pytest.mark.slow
 def test_user_pictures_train_a_tokenizer_of_their_own_and_report_its_psnr(tmp_path):
+    import vqgan
     write_pairs(tmp_path / "pairs", 40)
-    finish_train(start_train(tmp_path / "run", "", "--images", str(tmp_path / "pairs"), "--steps", "2",
-                             "--minutes", "0.5"))  # 15 s of tokenizer training
+    finish_train(start_train(tmp_path / "run", "", "--images", str(tmp_path / "pairs"), "--steps", "2", "--minutes",
+                             "0.5", "--vqgan-codes", "16", "--vqgan-pictures", "30"))  # 10 s of tokenizer training
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "training one on 36 of your pictures" in log and "4 held-out pictures of yours at PSNR" in log
+    assert "training one on 27 of your pictures" in log and "3 held-out pictures of yours at PSNR" in log
+    assert vqgan.load_vqgan(tmp_path / "run" / "vqgan.eqx").cfg.codebook_size == 16
     assert (tmp_path / "run" / "upgen.eqx").exists()
 
 
@@ -383,6 +386,7 @@ def test_tpu_flag_without_tpus_exits_with_one_line():
 
 @pytest.mark.parametrize("flag, value", [("--batch", "0"), ("--steps", "-1"), ("--lr", "0"), ("--minutes", "-1"),
                                          ("--log-every", "0"), ("--save-every", "0"), ("--stop-after", "-1"),
+                                         ("--vqgan-codes", "0"), ("--vqgan-share", "0"), ("--vqgan-pictures", "0"),
                                          ("--coordinator", "localhost:1234")])
 def test_settings_that_cannot_train_exit_with_one_line(tmp_path, flag, value, capsys):
     import train
