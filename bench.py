@@ -228,8 +228,7 @@ def bench_shards(n, folder, vq_path, steps=50):
     figures = {"render_s": rendered - start, "pictures_per_s": n / (time.perf_counter() - rendered),
                "tokenise_rss_mb": peak_rss_mb()}
     tokenizer, *corpus = shards.open_shards(folder / "shards", vq_path)
-    mcfg = upgen.model_config(upgen.UPGenConfig(image_codes=1, text_vocab=1), vqgan.load_vqgan(vq_path).cfg,
-                               tokenizer)
+    mcfg = upgen.model_config(upgen.UPGenConfig(), vqgan.load_vqgan(vq_path).cfg, tokenizer)
     tcfg = train.TrainConfig()
     trainer, counts = train.make_trainer(tcfg), shards.kind_counts(tcfg.batch, tcfg.mix)
     held = shards.local_batch(corpus, 0, counts, mcfg, seed=0)  # host arrays, built once

@@ -30,6 +30,6 @@ def flag(group, cfg, name, help, **kw):
 
 def fields_of(cls, values):
     """The values that name fields of the dataclass cls -> {field: value}. values: parsed flags (an
-    argparse.Namespace), or a checkpoint header's dict (fields it lacks keep their defaults)."""
+    argparse.Namespace) or a dict of them."""
     values = values if isinstance(values, dict) else vars(values)
     return {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}

@@ -137,13 +137,8 @@ def global_batch(mesh, *local):
     return tuple(jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), x) for x in local)
 
 
-def host_copy(tree):
-    """A replicated tree -> numpy on this host (every host holds a full copy), for saving."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
-
-
 def local_copy(tree):
-    """A replicated tree -> its copy on this host's first device, for what one host computes alone (evals)."""
+    """A replicated tree -> its copy on this host's first device, for what one host does alone (save, evaluate)."""
     return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
 
 
@@ -253,7 +248,7 @@ def save_state(state: State, progress: float, setup: Setup):
     configs = {"upgen": setup.mcfg, "train": setup.tcfg, "run": setup.run, "tokenizer": setup.tokenizer}
     header = {"step": state.step, "progress": progress, **{k: dataclasses.asdict(v) for k, v in configs.items()}}
     out = Path(setup.run.out)
-    checkpoint.save_checkpoint(out / f"state_{state.step}.eqx", header, host_copy((state.model, state.opt_state)))
+    checkpoint.save_checkpoint(out / f"state_{state.step}.eqx", header, local_copy((state.model, state.opt_state)))
     for old in state_files(out)[:-setup.run.keep]:
         old.unlink()
 
@@ -270,16 +265,16 @@ class Saved(NamedTuple):
     mcfg: upgen.UPGenConfig
     tcfg: TrainConfig
     tokenizer: vocab.Tokenizer
-    progress: float  # the schedule's progress at step (0 in files written before it was saved)
+    progress: float  # the schedule's progress at step
 
 
 def load_state(path: Path) -> Saved:
     def configs(header):
-        return upgen.UPGenConfig(**header["upgen"]), TrainConfig(**config.fields_of(TrainConfig, header["train"]))
+        return upgen.UPGenConfig(**header["upgen"]), TrainConfig(**header["train"])
     header, (model, opt_state) = checkpoint.load_checkpoint(path, "train", lambda h: eqx.filter_eval_shape(
         init_state, configs(h)[0], make_optimizer(configs(h)[1]), key=jax.random.key(0)))
     return Saved(header["step"], model, opt_state, *configs(header), vocab.tokenizer_from_header(header["tokenizer"]),
-                 header.get("progress", 0.0))
+                 header["progress"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -381,7 +376,7 @@ def open_log(out: Path, started: float, process: int):
 
 
 def start_or_resume(tcfg: TrainConfig, run: RunConfig, out: Path, log):
-    """-> (tcfg; the saved state or None; the budget's minutes or 0). main() has set a resumed run's configs."""
+    """-> (the saved state or None, the budget's minutes or 0). main() has set a resumed run's configs."""
     saved = load_state(state_files(out)[-1]) if run.resume and state_files(out) else None
     if run.resume:
         if saved is None:
@@ -389,7 +384,7 @@ def start_or_resume(tcfg: TrainConfig, run: RunConfig, out: Path, log):
         header = checkpoint.read_header(state_files(out)[-1])
         before, now = {**header["train"], **header["run"]}, {**dataclasses.asdict(tcfg), **dataclasses.asdict(run)}
         changed = [f"--{k.replace('_', '-')} {before[k]} -> {now[k]}" for k in sorted(MAY_CHANGE)
-                   if before.get(k, now[k]) != now[k]]
+                   if before[k] != now[k]]
         log(f"resuming {state_files(out)[-1]} at step {saved.step}, progress {saved.progress:.3f}"
             + (f"; changed: {', '.join(changed)}" if changed else ""))
     elif state_files(out):
@@ -403,7 +398,7 @@ def start_or_resume(tcfg: TrainConfig, run: RunConfig, out: Path, log):
     steps = f" or after {tcfg.steps} steps" if tcfg.steps else ""
     log(f"time budget: {minutes} min for the whole run (data, training, samples); the schedule ends with it{steps}"
         if minutes else f"no time budget: {tcfg.steps} steps")
-    return tcfg, saved, minutes
+    return saved, minutes
 
 
 def interval_figures(pending, seconds, batch_tokens) -> dict:
@@ -480,7 +475,7 @@ def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
     started = time.perf_counter()
     out, process, processes = Path(run.out), jax.process_index(), jax.process_count()
     log = open_log(out, started, process)
-    tcfg, saved, minutes = start_or_resume(tcfg, run, out, log)
+    saved, minutes = start_or_resume(tcfg, run, out, log)
     vq_cfg = dataclasses.replace(vqgan.VQGANConfig(), codebook_size=run.vqgan_codes)
     vq_tcfg = vqgan_train.VQGANTrainConfig(minutes=minutes * run.vqgan_share, train_pictures=run.vqgan_pictures)
     vq, vq_path = vqgan_train.image_tokenizer(out, run.vqgan, tcfg.images, vq_cfg, vq_tcfg, log)
@@ -503,7 +498,7 @@ def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
     end = started + 60 * minutes - FINISH_SECONDS - HELD_OUT_SECONDS * bool(tcfg.images) if minutes else None
     budget = Budget(time.perf_counter(), end, saved.progress if saved else 0.0)
     setup = Setup(tcfg, run, mcfg, tokenizer, (images, texts))
-    model = host_copy(train_loop(state, setup, budget, log).model)
+    model = local_copy(train_loop(state, setup, budget, log).model)
     if process == 0:
         upgen.save_upgen(out / "upgen.eqx", model, tokenizer)
         log(f"wrote {out / 'upgen.eqx'}")
@@ -528,7 +523,7 @@ def parse(argv):
     """-> (every flag's value by config field name, the names of the flags given on the command line)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    d, r, m = TrainConfig(), RunConfig(), upgen.UPGenConfig(image_codes=1, text_vocab=1)
+    d, r, m = TrainConfig(), RunConfig(), upgen.UPGenConfig()
     g = p.add_argument_group("data")
     config.flag(g, d, "images", "image-caption pairs: folder of a.jpg + a.txt, .tar(s), globs, brace patterns")
     config.flag(g, d, "shapes", "shapes-world examples when --images is not given")
@@ -629,8 +624,7 @@ def main(argv=None):
             values = resumed(values, given, checkpoint.read_header(state_files(Path(values["out"]))[-1]))
         tcfg = TrainConfig(**config.fields_of(TrainConfig, values))
         run = RunConfig(**config.fields_of(RunConfig, values))
-        settings = upgen.UPGenConfig(**{"image_codes": 1, "text_vocab": 1,
-                                        **config.fields_of(upgen.UPGenConfig, values)})
+        settings = upgen.UPGenConfig(**config.fields_of(upgen.UPGenConfig, values))
         if run.tpu or run.distributed:
             join_cluster(run)
         Path(run.out).mkdir(parents=True, exist_ok=True)

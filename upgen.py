@@ -25,9 +25,10 @@ PAIRED, IMAGE_ONLY, TEXT_ONLY = 0, 1, 2
 
 @dataclass(frozen=True, kw_only=True)
 class UPGenConfig:
-    image_codes: int                   # VQGAN codebook size; image code c is token id c
+    # The four sizes are the shapes world's; model_config sets them from a run's own tokenizers.
+    image_codes: int = 512             # VQGAN codebook size; image code c is token id c
     image_tokens: int = 64             # image tokens per example (8x8 for 64x64 shapes pictures)
-    text_vocab: int                    # vocab.Tokenizer.vocab_size; text token t is id image_codes + t
+    text_vocab: int = 287              # vocab.Tokenizer.vocab_size; text token t is id image_codes + t
     text_tokens: int = 16              # text tokens per example (the tokenizer's padded length)
     width: int = 128                   # residual stream width
     depth: int = 2                     # transformer blocks (laptop default: 0.6M params; on 2 cores for

@@ -69,7 +69,7 @@ def worker(out, devices, processes, process, port, vq_path, tars, accum):
     # so it holds only float noise, which Adam scales up to +-lr steps. Leave it out of the comparison.
     w = cfg.width
     model = eqx.tree_at(lambda m: m.blocks.qkv.bias, model, replace_fn=lambda b: b.at[:, w:2 * w].set(0))
-    leaves = jax.tree.leaves(train.host_copy(eqx.filter(model, eqx.is_inexact_array)))
+    leaves = jax.tree.leaves(train.local_copy(eqx.filter(model, eqx.is_inexact_array)))
     if process == 0:
         np.savez(out, losses=np.array(losses), *leaves)
 
