@@ -301,29 +301,34 @@ def test_folder_shard_and_text_corpus_train_and_skip_a_broken_image(tmp_path, ti
                              "--mix", "0.7", "0.15", "0.15",
                              "--steps", "2"),
                  start_train(tmp_path / "tar", tiny_vqgan, "--images", str(shard), "--steps", "2", "--samples", "2"))
-    log = (tmp_path / "folder" / "train.log").read_text()
-    assert "skipped 1 " in log and "broken.png: cannot read image" in log
-    assert "draws from 5 pictures and 3 texts" in log
+    import shards
     import upgen
     import vocab
+    log = (tmp_path / "folder" / "train.log").read_text()
+    assert "skipped 1 " in log and "broken.png: cannot read image" in log
+    _, images, texts = shards.open_shards(tmp_path / "folder" / "shards", tmp_path / "folder" / "vqgan.eqx")
+    assert sum(map(len, images)) == 5 and sum(map(len, texts)) == 3  # the corpus's 3 non-empty lines
     _, tokenizer = upgen.load_upgen(tmp_path / "folder" / "upgen.eqx")  # the captions' lengths, not the corpus's
     lengths = np.bincount([(tokenizer.encode(c) != vocab.PAD).sum() for c in captions], minlength=tokenizer.length + 1)
     assert tokenizer.caption_lengths == tuple(lengths[1:].tolist())
-    log = (tmp_path / "tar" / "train.log").read_text()
-    assert "draws from 5 pictures and 5 texts" in log and "skipped 0 " in log  # no corpus: the captions are the text
+    assert "skipped 0 " in (tmp_path / "tar" / "train.log").read_text()
+    _, images, texts = shards.open_shards(tmp_path / "tar" / "shards", tmp_path / "tar" / "vqgan.eqx")
+    assert sum(map(len, images)) == sum(map(len, texts)) == 5  # no corpus: the captions are the text
     assert (tmp_path / "tar" / "upgen.eqx").exists() and (tmp_path / "tar" / "samples.png").exists()
 
 
 def test_a_folder_run_reports_its_held_out_pairs_which_no_step_trained_on(tmp_path, tiny_vqgan):
     import data
     import evaluate
+    import shards
     captions = write_pairs(tmp_path / "pairs", 70)  # pictures 62 and 66 are in the held-out slice
     held = [i for i in range(70) if data.is_held_out(f"{tmp_path}/pairs/{i}.png")]
     assert held == [62, 66]
     finish_train(start_train(tmp_path / "run", tiny_vqgan, "--images", str(tmp_path / "pairs"), "--steps", "6",
                              "--samples", "2"))
+    _, images, _ = shards.open_shards(tmp_path / "run" / "shards", tmp_path / "run" / "vqgan.eqx")
+    assert sum(map(len, images)) == 68 and len(shards.held_out_rows(tmp_path / "run" / "shards", 100)) == 2
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "68 pictures in 1 shard(s), 2 held out" in log and "draws from 68 pictures" in log
     steps = [line for line in log.splitlines() if "] step " in line]
     assert len(steps) == 2 and all("val_image_loss" in line and "val_text_loss" in line for line in steps)  # 5, 6
     assert "held-out pairs (2, " in log and "image->text: " in log and "read as their prompt" in log
