@@ -476,7 +476,7 @@ def train(tcfg: TrainConfig, run: RunConfig, settings: upgen.UPGenConfig):
     out, process, processes = Path(run.out), jax.process_index(), jax.process_count()
     log = open_log(out, started, process)
     saved, minutes = start_or_resume(tcfg, run, out, log)
-    vq_cfg = dataclasses.replace(vqgan.VQGANConfig(), codebook_size=run.vqgan_codes)
+    vq_cfg = vqgan.VQGANConfig(codebook_size=run.vqgan_codes)
     vq_tcfg = vqgan_train.VQGANTrainConfig(minutes=minutes * run.vqgan_share, train_pictures=run.vqgan_pictures)
     vq, vq_path = vqgan_train.image_tokenizer(out, run.vqgan, tcfg.images, vq_cfg, vq_tcfg, log)
     text_tokens = settings.text_tokens if saved is None else saved.mcfg.text_tokens
