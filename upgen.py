@@ -245,9 +245,11 @@ class UPGen(eqx.Module):
 
         if remat:  # scan already keeps XLA from merging the recompute into the forward pass: no extra barriers
             step = jax.checkpoint(step, prevent_cse=False)
-        # Two blocks per loop iteration: the compiled program holds two blocks whatever the depth, so ViT-L compiles
-        # (and bench.py --plan costs it) in minutes; unrolling all of them is faster on small CPU models only.
-        x, hiddens = jax.lax.scan(step, x, arrays, unroll=2)                # (L, D), (depth, L, D)
+        # Up to 8 blocks are unrolled: a loop's backward pass stacks each block's activations and gradients into loop
+        # buffers, which cost a CPU step up to 15% (bench.py --grid). Deeper models run two blocks per loop trip, so
+        # that ViT-L's 24 compile (and bench.py --plan costs them) in minutes.
+        unroll = cfg.depth if cfg.depth <= 8 else 2
+        x, hiddens = jax.lax.scan(step, x, arrays, unroll=unroll)           # (L, D), (depth, L, D)
         logits = dense(self.head, jax.vmap(self.norm)(x), dtype)            # (L, V) float32
         return (logits, hiddens) if hidden else logits
 
