@@ -1,6 +1,6 @@
 """Train UPGen, data parallel, from a laptop CPU to a TPU pod with the same code.
 
-    python train.py                       # shapes world: image tokenizer, token shards, 5000 UPGen steps (~10 min)
+    python train.py                       # shapes world: image tokenizer, token shards, 5000 UPGen steps
     python train.py --images DIR --out runs/mine   # your image-caption pairs (a.jpg + a.txt)
     python train.py --resume              # continue the last run in --out exactly where it stopped
     python train.py --tpu ...             # on every host of a TPU pod slice
@@ -55,7 +55,7 @@ class TrainConfig:
     text: str = ""                    # unpaired text (.txt file or folder, one document per line); "" = none
     mix: tuple = (1.0, 0.0, 0.0)      # batch shares of paired, image-only and text-only examples (the paper's
     #                                   0.7, 0.15, 0.15 when a --text corpus is given; on shapes alone they cost steps)
-    steps: int = 5000                 # optimizer steps in the whole run (~10 min on a 2-core laptop, see README);
+    steps: int = 5000                 # optimizer steps in the whole run (9 minutes on the README's 2-core CPU);
     #                                   0 = as many as fit in --minutes
     batch: int = 32                   # global batch (all devices, all hosts)
     lr: float = 3e-3                  # peak learning rate, reached after warmup, cosine-decayed to lr/10
