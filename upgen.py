@@ -243,12 +243,13 @@ class UPGen(eqx.Module):
             x = eqx.combine(block_arrays, static)(x, real, dtype)
             return x, x
 
-        if remat:  # scan already keeps XLA from merging the recompute into the forward pass: no extra barriers
-            step = jax.checkpoint(step, prevent_cse=False)
         # Up to 8 blocks are unrolled: a loop's backward pass stacks each block's activations and gradients into loop
         # buffers, which cost a CPU step up to 15% (bench.py --grid). Deeper models run two blocks per loop trip, so
-        # that ViT-L's 24 compile (and bench.py --plan costs them) in minutes.
-        unroll = cfg.depth if cfg.depth <= 8 else 2
+        # that ViT-L's 24 compile (and bench.py --plan costs them) in minutes. remat keeps the loop: it alone makes
+        # XLA recompute a block's activations when the backward pass reaches it (unrolled, remat saved no memory).
+        unroll = 2 if remat or cfg.depth > 8 else cfg.depth
+        if remat:
+            step = jax.checkpoint(step, prevent_cse=False)
         x, hiddens = jax.lax.scan(step, x, arrays, unroll=unroll)           # (L, D), (depth, L, D)
         logits = dense(self.head, jax.vmap(self.norm)(x), dtype)            # (L, V) float32
         return (logits, hiddens) if hidden else logits
