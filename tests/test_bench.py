@@ -39,7 +39,8 @@ def test_the_plan_compiles_the_step_from_shapes_and_counts_the_flops_the_model_c
     recomputed = bench.plan(mcfg, train.TrainConfig(batch=8, remat=True), devices=1)
     assert 1.1 < recomputed["flops"] / recomputed["model_flops"] < 1.4  # the blocks' forward pass, run again
     deeper = dataclasses.replace(mcfg, width=64, depth=4, mlp=128)  # unrolled without remat, looped with it
-    kept, recomputed = (bench.plan(deeper, train.TrainConfig(batch=16, remat=remat), devices=1) for remat in (False, True))
+    kept, recomputed = (bench.plan(deeper, train.TrainConfig(batch=16, remat=remat), devices=1)
+                        for remat in (False, True))
     assert recomputed["temporaries"] < 0.8 * kept["temporaries"]  # remat keeps each block's input, not its insides
 
 
