@@ -33,6 +33,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+import cluster
 import config
 import sample
 import shards
@@ -154,9 +155,9 @@ def time_steps(mcfg, n, rounds, repeats):
     """Our train step and the reference step at batch n, alternating -> (our model, seconds per step (2, rounds))."""
     tcfg = train.TrainConfig(batch=n, steps=1)
     trainer = train.make_trainer(tcfg)
-    model_state = train.replicate(train.init_state(mcfg, trainer.optimizer, key=jax.random.key(0)), trainer.mesh)
+    model_state = cluster.replicate(train.init_state(mcfg, trainer.optimizer, key=jax.random.key(0)), trainer.mesh)
     tokens = np.random.default_rng(0).integers(mcfg.image_codes, size=(n, mcfg.seq_len)).astype(np.int32)
-    tokens, kinds = train.global_batch(trainer.mesh, tokens, np.zeros(n, np.int32))
+    tokens, kinds = cluster.global_batch(trainer.mesh, tokens, np.zeros(n, np.int32))
 
     def ours(state, i):
         return train.train_step(state, (tokens, kinds), jnp.float32(tcfg.lr), jax.random.key(i), trainer)[0]
@@ -230,7 +231,7 @@ def bench_shards(n, folder, vq_path, steps=50):
     tokenizer, *corpus = shards.open_shards(folder / "shards", vq_path)
     mcfg = upgen.model_config(upgen.UPGenConfig(), vqgan.load_vqgan(vq_path).cfg, tokenizer)
     tcfg = train.TrainConfig()
-    trainer, counts = train.make_trainer(tcfg), shards.kind_counts(tcfg.batch, tcfg.mix)
+    trainer, counts = train.make_trainer(tcfg), shards.kind_counts(tcfg.batch, shards.DataConfig().mix)
     held = shards.local_batch(corpus, 0, counts, mcfg, seed=0)  # host arrays, built once
     seconds_loading = []
 
@@ -239,11 +240,11 @@ def bench_shards(n, folder, vq_path, steps=50):
             start = time.perf_counter()
             batch = shards.local_batch(corpus, i, counts, mcfg, seed=0) if fresh else held
             seconds_loading.extend([time.perf_counter() - start] if fresh else [])
-            batch = train.global_batch(trainer.mesh, *batch)  # a new device copy each time: the step donates it
+            batch = cluster.global_batch(trainer.mesh, *batch)  # a new device copy each time: the step donates it
             return train.train_step(state, batch, jnp.float32(tcfg.lr), jax.random.key(i), trainer)[0]
         return step
 
-    states = [train.replicate(train.init_state(mcfg, trainer.optimizer, key=jax.random.key(0)), trainer.mesh)
+    states = [cluster.replicate(train.init_state(mcfg, trainer.optimizer, key=jax.random.key(0)), trainer.mesh)
               for _ in "ab"]
     _, times = alternate([stepper(True), stepper(False)], states, ROUNDS, max(1, steps // ROUNDS))
     from_shards, in_memory = np.median(times, axis=1)

@@ -2,8 +2,8 @@
 the tree's skeleton from the header, then fills it. Every file is written atomically (so are token shards).
 
 One header layout for every file: each config under the name of its file, {"vqgan": VQGANConfig} in vqgan.eqx,
-{"upgen": UPGenConfig, "tokenizer": Tokenizer} in upgen.eqx, and a train state adds {"train", "run", "step",
-"progress"}. A file's kind is the key its loader asks for.
+{"upgen": UPGenConfig, "tokenizer": Tokenizer} in upgen.eqx, and a train state adds {"train", "run", "step"}.
+A file's kind is the key its loader asks for.
 """
 import errno
 import json

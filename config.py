@@ -1,8 +1,12 @@
 """Settings, one way: a frozen dataclass per concern, a one-line comment on each field with its default; its
 __post_init__ checks the fields with check (a one-line error naming the flag); a command line adds one flag per
-field with flag (its help, the field's default) and builds the config from the parsed flags with fields_of.
+field with flag (its help is the field's comment, its default the field's) and builds the config with fields_of.
 """
 import dataclasses
+import functools
+import inspect
+import re
+
 
 def check(cfg, rules):
     """Raises a one-line ValueError for the first field of cfg that breaks its rule: rules = [(field, ok, rule)]."""
@@ -16,8 +20,26 @@ def check(cfg, rules):
             raise ValueError(f"--{name.replace('_', '-')} {value} {rule}")
 
 
-def flag(group, cfg, name, help, **kw):
-    """--name (dashes for underscores) for the field `name` of cfg, with the field's value as its default."""
+@functools.cache
+def comments(cls) -> dict:
+    """{field: its comment} from the source of the dataclass cls; a comment goes on over the lines below it that
+    hold only an indented '#   ...' continuation."""
+    found, name = {}, None
+    for line in inspect.getsource(cls).splitlines():
+        code, _, comment = line.partition("#")
+        field = re.match(r"\s+(\w+)\s*:.*=", code)
+        if field:
+            name, found[field.group(1)] = field.group(1), comment.strip()
+        elif name and not code.strip() and comment.startswith("  "):
+            found[name] += " " + comment.strip()
+        else:
+            name = None
+    return found
+
+
+def flag(group, cfg, name, help=None, **kw):
+    """--name (dashes for underscores) for the field `name` of cfg, with the field's value as its default and its
+    comment as its help unless help is given."""
     default = getattr(cfg, name)
     if isinstance(default, bool):
         kw["action"] = "store_true"
@@ -25,7 +47,8 @@ def flag(group, cfg, name, help, **kw):
         kw.update(type=type(default[0]), nargs=len(default))
     elif default is not None:
         kw.setdefault("type", type(default))
-    group.add_argument("--" + name.replace("_", "-"), default=default, help=help, **kw)
+    help = comments(type(cfg)).get(name, "") if help is None else help
+    group.add_argument("--" + name.replace("_", "-"), default=default, help=help.replace("%", "%%"), **kw)
 
 
 def fields_of(cls, values):

@@ -2,8 +2,8 @@
 
 On the shapes world, shapes.read_picture and shapes.parse_caption read pictures and captions back exactly, so
 text->image, image->text, unconditional sampling and text-guided inpainting each get an accuracy. On any data, the
-run's held-out pairs (shards.py keeps them out of training) give a validation loss, which train.py logs through a
-run; their pictures are captioned; their captions are drawn, and each drawing read by a reader that is not the
+run's held-out pairs (shards.py keeps them out of training) give the validation loss train.py logs; their pictures
+are captioned; their captions are drawn, and each drawing read by a reader that is not the
 model, the captions of its nearest training pictures; and when the captions take a few forms only (a class each),
 each picture is given the caption the model finds likeliest: zero-shot classification.
 
@@ -11,7 +11,7 @@ each picture is given the caption the model finds likeliest: zero-shot classific
     python evaluate.py --ckpt runs/shapes   # yours, from train.py
     python evaluate.py --ckpt runs/mine     # a run on your own pictures: its held-out pairs (below)
 
-Sections: the validation loss, the shapes world, any folder's held-out pairs, the command line. Read sample.py first.
+Sections: the shapes world, any folder's held-out pairs, the command line.
 """
 import argparse
 import itertools
@@ -32,55 +32,10 @@ import pictures
 import sample
 import shapes
 import shards
+import train
 import upgen
 import vocab
 import vqgan
-
-# ---------------------------------------------------------------------------------------------------
-# The validation loss, which train.py logs through a run: the masked-token loss of held-out pairs
-
-VALIDATION_PAIRS = 128  # held-out pairs it reads at most: as many forward passes as 4 batches of 32, or the compute
-#                        of ~1.3 training steps (3 passes each), ~3% of train.py's 50 steps between log lines
-VALIDATION_RATIOS = (0.25, 0.5, 0.75, 1.0)  # shares of a picture's tokens, and of a caption's, hidden in turn
-VALIDATION_SEED = 20261203  # the same tokens hidden at every call, so the points of a run compare
-
-
-def validation_masks(rows, mcfg):
-    """Held-out pairs rows (n, Ni + Nt) -> (tokens (n, L), masked bool (n, L)). Pair i hides VALIDATION_RATIOS[i % 4]
-    of its picture's tokens and VALIDATION_RATIOS[i // 4 % 4] of its caption's (rounded up), which ones fixed by
-    VALIDATION_SEED: every pairing of the two ratios is read, from "fill in a few" to "draw it all"."""
-    tokens = np.asarray(upgen.make_sequence(rows[:, :mcfg.image_tokens], rows[:, mcfg.image_tokens:], mcfg))
-    ratios, i = np.array(VALIDATION_RATIOS), np.arange(len(rows))
-    real = tokens != mcfg.pad_id  # (n, L)
-    scores = np.where(real, np.random.default_rng(VALIDATION_SEED).random(tokens.shape), np.inf)
-    is_image = np.arange(mcfg.seq_len) < mcfg.image_tokens  # (L,)
-    masked = np.zeros_like(real)
-    for part, ratio in ((is_image, ratios[i % len(ratios)]), (~is_image, ratios[i // len(ratios) % len(ratios)])):
-        rank = np.where(part, scores, np.inf).argsort(1).argsort(1)  # (n, L) 0 = the part's smallest score
-        masked |= rank < np.ceil(ratio * (real & part).sum(1))[:, None]
-    return tokens, masked
-
-
-@eqx.filter_jit
-def masked_token_losses(model, batch):
-    """batch int32 (B, 3, L): tokens, inputs, masked -> per row the summed cross-entropy of its masked image tokens,
-    their count, the same of its masked text tokens: float32 (B, 4)."""
-    tokens, inputs, masked = batch[:, 0], batch[:, 1], batch[:, 2] == 1
-    logits = jax.vmap(model)(inputs)  # (B, L, V)
-    ce = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tokens[..., None], -1)[..., 0]  # (B, L)
-    is_image = jnp.arange(model.cfg.seq_len) < model.cfg.image_tokens
-    parts = (masked & is_image, masked & ~is_image)
-    return jnp.stack([x for part in parts for x in ((ce * part).sum(-1), part.sum(-1))], axis=-1)
-
-
-def validation_loss(model, rows, batch=VALIDATION_PAIRS):
-    """The mean cross-entropy (nats) of the masked image tokens and of the masked caption tokens of held-out pairs
-    rows (n, Ni + Nt) under validation_masks -> {"val_image_loss": ..., "val_text_loss": ...}."""
-    tokens, masked = validation_masks(rows, model.cfg)
-    batches = np.stack([tokens, np.where(masked, model.cfg.mask_id, tokens), masked], axis=1).astype(np.int32)
-    sums = data.in_batches(lambda b, _: masked_token_losses(model, b), batches, batch, key=jax.random.key(0)).sum(0)
-    return {"val_image_loss": float(sums[0] / max(sums[1], 1)), "val_text_loss": float(sums[2] / max(sums[3], 1))}
-
 
 # ---------------------------------------------------------------------------------------------------
 # The shapes world
@@ -130,7 +85,7 @@ def inpainting_cases(n, seed, cfg=shapes.ShapesConfig(), grid=8):
 def draw(vq, mcfg, f, x, batch, *, key):
     """f(chunk of x, key) -> states, in batches -> (final states (n, L), what read_picture sees in each)."""
     finals = data.in_batches(lambda chunk, k: f(chunk, k)[-1], x, batch, key=key)
-    return finals, [shapes.read_picture(p) for p in pictures.from_tokens(vq, finals, mcfg)]
+    return finals, [shapes.read_picture(p) for p in sample.from_tokens(vq, finals, mcfg)]
 
 
 def text_to_image(model, tokenizer, vq, dcfg, batch, *, key):
@@ -173,7 +128,7 @@ def inpainting(model, tokenizer, vq, dcfg, n, *, key):
     images, keep, labels = inpainting_cases(n, seed=INPAINT_SEED)
     texts = np.stack([tokenizer.encode(shapes.canonical_caption(lab)) for lab in labels])
     tokens, states = sample.inpaint(model, vq, images, keep, texts, dcfg, key=key)
-    drawn = pictures.from_tokens(vq, states[-1], mcfg)
+    drawn = sample.from_tokens(vq, states[-1], mcfg)
     right = np.array([shapes.read_picture(p) == tuple(lab) for p, lab in zip(drawn, labels)])
     kept = pictures.cell_pixels(keep, images.shape[1])[..., 0]  # (n, S, S)
     same_tokens = np.all((states[-1] == tokens)[:, :mcfg.image_tokens] | ~keep, axis=1)
@@ -305,21 +260,12 @@ def held_out_eval(model, tokenizer, vq, rows, references, dcfg, *, key, batch=32
     exact, words = caption_scores(data.in_batches(caption, codes, batch, key=i2t_key), captions)
     drawn = data.in_batches(lambda s, k: sample.generate(model, s, dcfg, sample.TEXT_GUIDANCE, key=k)[-1],
                             sample.inputs(mcfg, len(rows), text=captions), 8 * batch, key=t2i_key)  # (n, L)
-    again = vqgan.encode_images(vq, pictures.from_tokens(vq, drawn, mcfg))  # (n, Ni)
+    again = vqgan.encode_images(vq, sample.from_tokens(vq, drawn, mcfg))  # (n, Ni)
     back, _ = caption_scores(data.in_batches(caption, again, batch, key=back_key), captions)
-    return {"pairs": len(rows), **validation_loss(model, rows), "image->text exact": exact, "image->text words":
-            words, **read_by_nearest(vq, again, rows, references), "text->image captioned back": back,
+    validation = {k: float(v) for k, v in train.validation_loss(model, rows).items()}
+    return {"pairs": len(rows), **validation, "image->text exact": exact, "image->text words": words,
+            **read_by_nearest(vq, again, rows, references), "text->image captioned back": back,
             **zero_shot(model, tokenizer, rows, references), "seconds": time.perf_counter() - start}
-
-
-def draw_captions(model, vq, tokenizer, rows, n, path, *, key):
-    """Draws n different captions of rows (k, Ni + Nt), spread over them, into one PNG at path -> the captions."""
-    captions = list(dict.fromkeys(tokenizer.decode(row[model.cfg.image_tokens:]) for row in rows))  # distinct
-    prompts = [captions[i] for i in np.unique(np.linspace(0, len(captions) - 1, n).astype(int))]
-    tokens = sample.inputs(model.cfg, len(prompts), text=np.stack([tokenizer.encode(p) for p in prompts]))
-    states = sample.generate(model, tokens, sample.DecodeConfig(), sample.TEXT_GUIDANCE, key=key)  # (T, n, L)
-    pictures.save_grid(pictures.from_tokens(vq, states[-1], model.cfg)[None], path)
-    return prompts
 
 
 def held_out_lines(f):

@@ -1,28 +1,13 @@
-"""Pictures in and out of the token world: a decoded sequence's pixels, the grids the commands write, and
-the picture files they read (a picture, a grid of them, a box of one to keep).
-
-sample.py draws with these, evaluate.py reads its drawings with them. Read next: sample.py.
+"""Picture files: the grids the commands write, the files they read (a picture, or a grid of them), the token
+cells of a box to keep. Pixels only: sample.py turns tokens into pictures.
 """
 import math
 import sys
-from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 import data
-import vqgan
-
-
-def from_tokens(vq, states, mcfg):
-    """States (..., L) -> uint8 pictures (..., H, W, 3); still-masked cells painted grey."""
-    image = np.asarray(states)[..., :mcfg.image_tokens]
-    masked = image == mcfg.mask_id
-    flat = np.where(masked, 0, image).reshape(-1, mcfg.image_tokens)
-    out = vqgan.decode_tokens(vq, flat)  # (N, H, W, 3)
-    out = np.where(cell_pixels(masked.reshape(-1, mcfg.image_tokens), out.shape[1]), 128, out).astype(np.uint8)
-    return out.reshape(*image.shape[:-1], *out.shape[1:])
 
 
 def cell_pixels(cells, size):
@@ -74,7 +59,7 @@ def grid_cell(pixels):
     return None
 
 
-def keep_mask(box, image_path, mcfg, size):
+def keep_mask(box, image_path, image_tokens, size):
     """--keep x0,y0,x1,y1 in pixels of the image file -> bool (Ni,): tokens whose cell centre is in it."""
     try:
         x0, y0, x1, y1 = (float(v) for v in box.split(","))
@@ -84,7 +69,7 @@ def keep_mask(box, image_path, mcfg, size):
         w, h = opened.size
     side = min(w, h)  # data.load_image takes the centre square, then resizes it to size x size
     scale, dx, dy = size / side, (w - side) // 2, (h - side) // 2
-    grid = int(math.isqrt(mcfg.image_tokens))
+    grid = int(math.isqrt(image_tokens))
     centre = (np.arange(grid) + 0.5) * size / grid  # cell centres, model pixels
     inside_x = (centre >= (x0 - dx) * scale) & (centre <= (x1 - dx) * scale)
     inside_y = (centre >= (y0 - dy) * scale) & (centre <= (y1 - dy) * scale)
@@ -94,10 +79,3 @@ def keep_mask(box, image_path, mcfg, size):
     if keep.all():
         raise ValueError(f"--keep {box} keeps the whole picture: nothing to redraw; give a smaller box")
     return keep
-
-
-def write_pictures(vq, states, mcfg, out, show_steps):
-    """Saves the final pictures of states (T, n, L) at out, and every step of each at <out>_steps.png."""
-    save_grid(from_tokens(vq, states[-1:], mcfg), out)
-    if show_steps:
-        save_grid(from_tokens(vq, jnp.swapaxes(states, 0, 1), mcfg), Path(out).with_name(Path(out).stem + "_steps.png"))

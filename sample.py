@@ -14,6 +14,7 @@ import argparse
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -231,8 +232,37 @@ def inpaint(model, vq, images, keep, text, dcfg, guidance=INPAINT_GUIDANCE, *, k
     for pass_key in jax.random.split(key, 2):
         tokens = inputs(model.cfg, len(images), vqgan.encode_images(vq, redrawn), text, keep)
         states = generate(model, tokens, dcfg, guidance, key=pass_key)
-        redrawn = np.where(kept, images, pictures.from_tokens(vq, states[-1], model.cfg))
+        redrawn = np.where(kept, images, from_tokens(vq, states[-1], model.cfg))
     return tokens, states
+
+
+def from_tokens(vq, states, mcfg):
+    """States (..., L) -> uint8 pictures (..., H, W, 3); still-masked cells painted grey."""
+    image = np.asarray(states)[..., :mcfg.image_tokens]
+    masked = image == mcfg.mask_id
+    flat = np.where(masked, 0, image).reshape(-1, mcfg.image_tokens)
+    out = vqgan.decode_tokens(vq, flat)  # (N, H, W, 3)
+    out = np.where(pictures.cell_pixels(masked.reshape(-1, mcfg.image_tokens), out.shape[1]), 128, out).astype(np.uint8)
+    return out.reshape(*image.shape[:-1], *out.shape[1:])
+
+
+
+def write_pictures(vq, states, mcfg, out, show_steps):
+    """Saves the final pictures of states (T, n, L) at out, and every step of each at <out>_steps.png."""
+    pictures.save_grid(from_tokens(vq, states[-1:], mcfg), out)
+    if show_steps:
+        steps_path = Path(out).with_name(Path(out).stem + "_steps.png")
+        pictures.save_grid(from_tokens(vq, jnp.swapaxes(states, 0, 1), mcfg), steps_path)
+
+
+def draw_captions(model, vq, tokenizer, rows, n, path, *, key):
+    """Draws n different captions of rows (k, Ni + Nt), spread over them, into one PNG at path -> the captions."""
+    captions = list(dict.fromkeys(tokenizer.decode(row[model.cfg.image_tokens:]) for row in rows))  # distinct
+    prompts = [captions[i] for i in np.unique(np.linspace(0, len(captions) - 1, n).astype(int))]
+    tokens = inputs(model.cfg, len(prompts), text=np.stack([tokenizer.encode(p) for p in prompts]))
+    states = generate(model, tokens, DecodeConfig(), TEXT_GUIDANCE, key=key)  # (T, n, L)
+    pictures.save_grid(from_tokens(vq, states[-1], model.cfg)[None], path)
+    return prompts
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -294,13 +324,13 @@ def main(argv=None):
             guidance = INPAINT_GUIDANCE if args.keep is not None else TEXT_GUIDANCE if prompt is not None else 0.0
         if args.keep is not None:
             image = np.repeat(data.load_image(args.image, size)[None], n, axis=0)  # (n, S, S, 3)
-            keep = np.tile(pictures.keep_mask(args.keep, args.image, mcfg, size), (n, 1))
+            keep = np.tile(pictures.keep_mask(args.keep, args.image, mcfg.image_tokens, size), (n, 1))
             _, states = inpaint(model, vq, image, keep, prompt, dcfg, guidance, key=key)
         elif prompt is None:  # unconditional: pictures drawn with captions of their own
             states = unconditional(model, draw_caption_lengths(tokenizer, n, key=length_key), dcfg, guidance, key=key)
         else:  # text -> image
             states = generate(model, inputs(mcfg, n, text=prompt), dcfg, guidance, key=key)
-        pictures.write_pictures(vq, states, mcfg, args.out, args.show_steps)
+        write_pictures(vq, states, mcfg, args.out, args.show_steps)
         if args.image is None and prompt is None:
             for ids in tokenizer_ids(mcfg, states[-1, :, mcfg.image_tokens:]):
                 print(tokenizer.decode(ids))

@@ -11,14 +11,15 @@ written under a temporary name, renamed when complete and then listed in the pro
 source, the VQGAN file's sha256, the vocabulary, each shard's examples, caption lengths and skipped files):
 a killed run restarts at the first shard not listed and writes the same bytes.
 
-train.py calls the last part of this file with the image tokenizer vqgan_train.image_tokenizer chose: the run's
-shards (load_corpus) and each step's batch drawn from them (local_batch). Read next: train.py.
+train.py calls the last part of this file: the run's data (DataConfig, prepare: its image tokenizer, then its
+shards) and each step's batch drawn from them (local_batch).
 """
 import argparse
 import hashlib
 import io
 import itertools
 import json
+import signal
 import sys
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -30,12 +31,14 @@ from PIL import Image
 from tqdm import tqdm
 
 import checkpoint
+import cluster
 import config
 import data
 import shapes
 import upgen
 import vocab
 import vqgan
+import vqgan_train
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,35 @@ def encode_file(vq, tokenizer, file, cfg: ShardsConfig, pool, bar):
     return rows, held, lengths.tolist(), skipped
 
 
+def written(folder: Path, name: str, array) -> dict:
+    """Saves array as folder/name atomically -> its manifest entry: the file, its size and its sha256."""
+    checkpoint.write_atomically(folder / name, lambda f: np.save(f, array))
+    return {"file": name, "bytes": (folder / name).stat().st_size, "sha256": file_hash(folder / name)}
+
+
+def damage(folder: Path, entry: dict, verify: bool) -> str:
+    """Why the shard a manifest entry lists is not the one written ("" when it is): missing, another size, a header
+    numpy cannot read, another row count, or (verify: every byte read) another sha256."""
+    path = folder / entry["file"]
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size != entry["bytes"]:
+        return f"{path.stat().st_size} bytes, {entry['bytes']} written"
+    try:
+        rows = len(np.load(path, mmap_mode="r"))
+    except (ValueError, OSError, EOFError) as e:
+        return f"unreadable ({str(e)[:80]})"
+    if rows != entry.get("rows", rows):
+        return f"{rows} rows, {entry['rows']} written"
+    return "its sha256 differs" if verify and file_hash(path) != entry["sha256"] else ""
+
+
+def damaged(folder: Path, manifest: dict, verify: bool) -> list:
+    """The manifest's shards (images with their held-out rows, text) that damage finds wrong -> [(entry, why)]."""
+    entries = [e for s in manifest["shards"] for e in (s, s["held_out_file"])] + manifest["text_shards"]
+    return [(entry, why) for entry in entries if (why := damage(Path(folder), entry, verify))]
+
+
 def manifest_path(folder, process, processes):
     return Path(folder) / f"manifest-{process}of{processes}.json"
 
@@ -162,14 +194,32 @@ def check_manifest(manifest, folder, source, text, vq_hash, vq_path, cfg: Shards
         raise ValueError(f"{folder} holds out another share of the pairs: give another folder or delete it")
 
 
-def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0, processes=1, log=print):
+def stop_at_boundary(path: Path, manifest: dict, received: list, log):
+    """Saves the manifest with the shard just written; a SIGTERM or SIGINT received meanwhile stops here."""
+    save_manifest(path, manifest)
+    if received:
+        done = len(manifest["shards"]) + len(manifest["text_shards"])
+        log(f"tokenising stopped by {received[0]} at a shard boundary, {done} shard(s) written: the same command "
+            "continues with the next one")
+        sys.exit(128 + signal.Signals[received[0]])
+
+
+def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0, processes=1, log=print,
+             verify=False):
     """Writes this process's token shards of source (and text) into folder, keeping those a previous run of the same
-    source and VQGAN finished -> the process's manifest."""
+    source and VQGAN finished and that read back as written (verify: every byte) -> the process's manifest."""
     folder, vq_hash = Path(folder), file_hash(vq_path)
     path = manifest_path(folder, process, processes)
     manifest = json.loads(path.read_text()) if path.exists() else None
     if manifest:
         check_manifest(manifest, folder, source, text, vq_hash, vq_path, cfg)
+        bad = damaged(folder, manifest, verify)
+        for entry, why in bad:
+            log(f"token shard {folder / entry['file']} is damaged ({why}): tokenising its input file again")
+        files = {entry["file"] for entry, _ in bad}
+        manifest["shards"] = [s for s in manifest["shards"] if not {s["file"], s["held_out_file"]["file"]} & files]
+        manifest["text_shards"] = [s for s in manifest["text_shards"] if s["file"] not in files]
+        manifest["complete"] &= not bad
     if manifest and manifest["complete"]:
         log(f"token shards: {folder}, complete")
         return manifest
@@ -192,25 +242,26 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
     done = {s["file"] for s in manifest["shards"] + manifest["text_shards"]}
     mine = [i for i in range(process, len(files), processes) if f"images-{i:05d}.npy" not in done]
     log(f"tokenising {len(mine)} of {len(files)} input files into {folder} (process {process} of {processes})")
-    with ThreadPoolExecutor(cfg.workers) as pool, tqdm(unit=" pictures", desc="tokenise", disable=not mine) as bar:
+    lines = data.text_lines(text) if text else iter(())
+    groups = iter(lambda: list(itertools.islice(lines, cfg.shard_size)), [])  # shard_size lines at a time
+    mine_texts = ((i, g) for i, g in enumerate(groups) if i % processes == process and f"text-{i:05d}.npy" not in done)
+    with ThreadPoolExecutor(cfg.workers) as pool, tqdm(unit=" pictures", desc="tokenise", disable=not mine) as bar, \
+            cluster.caught_signals() as received:
         for i in mine:
             rows, held, lengths, skipped = encode_file(vq, tokenizer, files[i], cfg, pool, bar)
-            checkpoint.write_atomically(folder / f"held-out-{i:05d}.npy", lambda f: np.save(f, held))
-            checkpoint.write_atomically(folder / f"images-{i:05d}.npy", lambda f: np.save(f, rows))
-            manifest["shards"].append({"file": f"images-{i:05d}.npy", "input": data.describe(files[i]),
+            held_out_file = {**written(folder, f"held-out-{i:05d}.npy", held), "rows": len(held)}
+            manifest["shards"].append({**written(folder, f"images-{i:05d}.npy", rows), "rows": len(rows),
+                                       "held_out_file": held_out_file, "input": data.describe(files[i]),
                                        "examples": len(rows), "held_out": len(held), "caption_lengths": lengths,
                                        "skipped": skipped})
-            save_manifest(path, manifest)
-    lines = data.text_lines(text) if text else iter(())
-    for i in itertools.count():  # every process reads all the lines, and tokenises its own shard_size at a time
-        group = list(itertools.islice(lines, cfg.shard_size))
-        if not group:
-            break
-        if i % processes == process and f"text-{i:05d}.npy" not in done:
+            stop_at_boundary(path, manifest, received, log)
+        for i, group in mine_texts:  # every process reads all the lines, and tokenises its own shard_size at a time
             ids = np.stack([tokenizer.encode(line) for line in group]).astype(np.uint16)  # (n, text_tokens)
-            checkpoint.write_atomically(folder / f"text-{i:05d}.npy", lambda f: np.save(f, ids))
-            manifest["text_shards"].append({"file": f"text-{i:05d}.npy", "examples": len(ids)})
-            save_manifest(path, manifest)
+            manifest["text_shards"].append({**written(folder, f"text-{i:05d}.npy", ids), "rows": len(ids),
+                                            "examples": len(ids)})
+            stop_at_boundary(path, manifest, received, log)
+    for listed in (manifest["shards"], manifest["text_shards"]):
+        listed.sort(key=lambda shard: shard["file"])  # those tokenised again take their places back
     manifest["complete"] = True
     save_manifest(path, manifest)
     skipped = [s for shard in manifest["shards"] for s in shard["skipped"]]
@@ -233,6 +284,9 @@ def open_shards(folder, vq_path, process=0, processes=1):
     if manifest["vqgan_sha256"] != file_hash(vq_path):
         raise ValueError(f"{folder} was tokenised with another VQGAN than {vq_path} (sha256 differs): refusing to mix "
                          "their codes; tokenise again into another folder")
+    for entry, why in damaged(Path(folder), manifest, verify=False)[:1]:
+        raise ValueError(f"token shard {Path(folder) / entry['file']} is damaged ({why}): the command that tokenised "
+                         f"{folder} (python train.py or python shards.py, the same flags) tokenises its input again")
     images = [np.load(Path(folder) / s["file"], mmap_mode="r") for s in manifest["shards"] if s["examples"]]
     if not images:
         raise data.no_pairs_error(manifest["source"], [why for s in manifest["shards"] for why in s["skipped"]])
@@ -273,18 +327,45 @@ def held_out_rows(folder, n, training=False):
 KINDS = (upgen.PAIRED, upgen.IMAGE_ONLY, upgen.TEXT_ONLY)
 
 
-def load_corpus(source, n_shapes, text, seed, vq_path, folder: Path, out: Path, text_tokens: int, log, *,
-                process=0, processes=1):
-    """-> (the text tokenizer of the shards, this process's image shards, its text shards), memory-mapped.
+@dataclass(frozen=True)
+class DataConfig:
+    images: str = ""            # image-caption pairs: folder of a.jpg + a.txt, .tar(s), globs, brace patterns;
+    #                             "" = the shapes world
+    shapes: int = 5000          # shapes-world examples when there are no --images
+    text: str = ""              # unpaired text: a .txt file or folder, one document per line
+    mix: tuple = (1.0, 0.0, 0.0)  # batch shares of paired, image-only and text-only examples (the paper's
+    #                             0.7 0.15 0.15 with a --text corpus; on shapes alone they cost steps)
+    vqgan: str = ""             # image tokenizer (default: the shapes one, or one trained on your --images)
+    vqgan_codes: int = 32       # codes of the image tokenizer trained on --images when no --vqgan is given
+    vqgan_pictures: int = 5000  # pictures of --images that tokenizer trains on, a tenth held out
+    vqgan_steps: int = 5000     # steps of that tokenizer's training (~4 minutes on 2 cores)
+    shards: str = ""            # token shards, tokenised into first when missing ("" = OUT/shards)
+    verify_shards: bool = False  # read every byte of the shards against the manifest's sha256 (sizes and headers
+    #                             are always checked); a damaged shard is tokenised again
 
-    Tokenises first what folder lacks: each process only its own input files. The shapes world (source == "")
-    takes the same path as any dataset: n_shapes examples rendered into out/shapes/ as .tar shards, then tokenised."""
-    cfg = ShardsConfig(text_tokens=text_tokens)
+    def __post_init__(self):
+        object.__setattr__(self, "mix", tuple(self.mix))  # argparse and JSON give a list
+        config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
+                            ("shapes", "vqgan_codes", "vqgan_pictures", "vqgan_steps")] + [
+            ("mix", len(self.mix) == 3 and min(self.mix) >= 0 and sum(self.mix) > 0, "must be 3 shares >= 0, not 0"),
+            ("text", not self.text or self.mix[2] > 0, "needs a text-only share in --mix, e.g. --mix 0.7 0.15 0.15")])
+
+
+def prepare(dcfg: DataConfig, out: Path, text_tokens: int, seed: int, log, *, process=0, processes=1):
+    """A run's data -> (its frozen VQGAN, the shards' text tokenizer, this process's image shards, its text shards),
+    memory-mapped: the image tokenizer vqgan_train.image_tokenizer chooses, then the shards in dcfg.shards, which
+    each process tokenises first where they lack its own input files. The shapes world (no images) takes the same
+    path as any dataset: dcfg.shapes examples rendered into out/shapes/ as .tar shards, then tokenised."""
+    vq, vq_path = vqgan_train.image_tokenizer(out, dcfg.vqgan, dcfg.images, vqgan.VQGANConfig(
+        codebook_size=dcfg.vqgan_codes), vqgan_train.VQGANTrainConfig(steps=dcfg.vqgan_steps,
+                                                                      train_pictures=dcfg.vqgan_pictures), log)
+    cfg, source, folder = ShardsConfig(text_tokens=text_tokens), dcfg.images, Path(dcfg.shards or out / "shards")
     if not source:
-        tars = render_shapes(out / "shapes", n_shapes, seed, cfg, process=process, processes=processes)
+        tars = render_shapes(out / "shapes", dcfg.shapes, seed, cfg, process=process, processes=processes)
         source = f"{out / 'shapes'}/shapes-{{00000..{len(tars) - 1:05d}}}.tar"
-    tokenise(source, vq_path, folder, cfg, text=text, process=process, processes=processes, log=log)
-    return open_shards(folder, vq_path, process, processes)
+    tokenise(source, vq_path, folder, cfg, text=dcfg.text, process=process, processes=processes, log=log,
+             verify=dcfg.verify_shards)
+    return (vq, *open_shards(folder, vq_path, process, processes))
 
 
 def kind_counts(batch: int, mix) -> tuple:

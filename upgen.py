@@ -3,7 +3,7 @@
 An image (as VQGAN codes) and its caption form one sequence; the model learns to predict masked tokens
 of either modality, which makes it both a representation learner (probe.py) and a generator (sample.py).
 Read this file top to bottom: config, masking, transformer, loss. `python upgen.py` prints the
-parameter counts of the laptop default and of the paper's ViT-L. Next read train.py.
+parameter counts of the laptop default and of the paper's ViT-L. Read next: sample.py.
 """
 import dataclasses
 import math
@@ -289,15 +289,18 @@ def load_run(ckpt):
     return model, tokenizer, vq
 
 
-
 # ---------------------------------------------------------------------------------------------------
 # The objective
 
 
-def masked_sums(logits, tokens, masked, kinds, cfg: UPGenConfig):
-    """Sums over a batch that the loss and accuracies are ratios of: logits (B, L, V), tokens, masked (B, L),
-    kinds (B,) -> {"loss": weighted cross-entropy at masked positions, "masked": their count, "image_right",
-    "image_masked", "text_right", "text_masked"}. Sums of micro-batches add up to the whole batch's."""
+def masked_loss(logits, tokens, masked, kinds, cfg: UPGenConfig):
+    """Weighted cross-entropy at the masked positions of a batch: logits (B, L, V), tokens, masked (B, L), kinds (B,)
+    -> (loss f32, metrics: image_acc, text_acc, and image_loss, text_loss, the plain cross-entropy of each part).
+
+    The loss is normalised by the NUMBER of masked tokens, not by the sum of weights: then a weight is a fixed
+    per-token importance, as in the paper (a caption token counts 0.1 of an image token, text-only data 0.01,
+    whatever the batch holds); dividing by the weight sum would cancel the weights in a batch of one kind.
+    With all weights 1 this is plain masked cross-entropy."""
     target_logit = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]  # (B, L)
     ce = jax.nn.logsumexp(logits, axis=-1) - target_logit                  # (B, L)
     is_image = jnp.arange(cfg.seq_len) < cfg.image_tokens                 # (L,)
@@ -305,32 +308,17 @@ def masked_sums(logits, tokens, masked, kinds, cfg: UPGenConfig):
     weight = jnp.where(is_image[None, :], cfg.image_weight, text_weight[:, None]) * masked  # (B, L)
     # Right when the target's logit is the largest: argmax's index is not needed, and on a CPU it costs a pass.
     correct = (target_logit >= logits.max(-1)) & masked                     # (B, L)
-    return {"loss": (weight * ce).sum(), "masked": masked.sum(),
-            "image_right": (correct & is_image).sum(), "image_masked": (masked & is_image).sum(),
-            "text_right": (correct & ~is_image).sum(), "text_masked": (masked & ~is_image).sum()}
+    image, text = masked & is_image, masked & ~is_image                     # (B, L) each
+    mean = lambda x, where: jnp.sum(x * where) / jnp.maximum(where.sum(), 1)  # noqa: E731
+    return mean(weight * ce, masked > 0), {"image_acc": mean(correct, image), "text_acc": mean(correct, text),
+                                           "image_loss": mean(ce, image), "text_loss": mean(ce, text)}
 
 
-def per_masked_token(sums):
-    """masked_sums of a batch -> (loss f32, metrics dict).
-
-    The loss is normalised by the NUMBER of masked tokens, not by the sum of weights: then a weight is a fixed
-    per-token importance, as in the paper (a caption token counts 0.1 of an image token, text-only data 0.01,
-    whatever the batch holds); dividing by the weight sum would cancel the weights in a batch of one kind.
-    With all weights 1 this is plain masked cross-entropy."""
-    ratio = lambda part, whole: part / jnp.maximum(whole, 1)  # noqa: E731
-    return ratio(sums["loss"], sums["masked"]), {"image_acc": ratio(sums["image_right"], sums["image_masked"]),
-                                                 "text_acc": ratio(sums["text_right"], sums["text_masked"])}
-
-
-def masked_loss(logits, tokens, masked, kinds, cfg: UPGenConfig):
-    """Weighted cross-entropy at masked positions: logits (B, L, V), tokens, masked (B, L), kinds (B,)."""
-    return per_masked_token(masked_sums(logits, tokens, masked, kinds, cfg))
-
-
-def loss_fn(model: UPGen, tokens, kinds, *, key):
-    """Masked token prediction on a batch: tokens (B, L), kinds (B,) -> (loss f32, metrics dict)."""
+def loss_fn(model: UPGen, tokens, kinds, *, key, remat=False):
+    """Masked token prediction, the objective train.py differentiates: tokens (B, L), kinds (B,) -> (loss f32,
+    metrics). remat: see UPGen.__call__."""
     inputs, masked = mask_tokens(tokens, kinds, model.cfg, key=key)        # (B, L), (B, L)
-    logits = jax.vmap(model)(inputs)                                        # (B, L, V) float32
+    logits = jax.vmap(lambda seq: model(seq, remat=remat))(inputs)          # (B, L, V) float32
     return masked_loss(logits, tokens, masked, kinds, model.cfg)
 
 

@@ -34,7 +34,7 @@ HELD_OUT_SEED = 12345  # pictures no tokenizer trains on (training uses seed 0 b
 
 @dataclass(frozen=True)
 class VQGANTrainConfig:
-    steps: int = 5000  # optimizer steps (fewer if the budget of minutes ends the run first)
+    steps: int = 5000  # optimizer steps: the same steps give the same tokenizer on any machine
     batch_size: int = 4  # pictures per step: on a CPU, many small steps beat few large ones
     lr: float = 4e-3  # Adam's peak learning rate (linear warmup, then cosine decay to 0 at the end of the run)
     warmup: int = 20  # steps of learning-rate warmup
@@ -45,14 +45,12 @@ class VQGANTrainConfig:
     adam_betas: tuple[float, float] = (0.5, 0.9)  # taming-transformers' betas; the usual ones made runs unstable here
     restart_every: int = 50  # every this many steps, codes unused since the last check move onto latents
     train_pictures: int = 20_000  # size of the training pool: shapes rendered once, or of a run's own pictures read
-    minutes: float = 0.0  # wall-clock budget: the run (and its cosine) ends at this or at steps, whichever comes
-    #                        first; 0 = none, so the same steps give the same tokenizer on any machine
     seed: int = 0  # seed of the weights and the training pictures
 
     def __post_init__(self):
         config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
                             ("steps", "batch_size", "warmup", "restart_every", "train_pictures")] + [
-            (name, getattr(self, name) >= 0, "must be at least 0") for name in ("commitment", "edge_weight", "minutes")]
+            (name, getattr(self, name) >= 0, "must be at least 0") for name in ("commitment", "edge_weight")]
             + [("lr", self.lr > 0, "must be positive")])
 
 
@@ -108,22 +106,16 @@ def evaluate(vq, images, labels, batch=100):
 
 def train_vqgan(out_path, cfg=vqgan.VQGANConfig(), tcfg=VQGANTrainConfig(), images=None):
     """Train a tokenizer on images (uint8 (N, S, S, 3); default: shapes pictures), save it at out_path, return it."""
-    start = time.perf_counter()
     if images is None:
         images = shapes.examples(tcfg.train_pictures, seed=tcfg.seed, cfg=shapes.ShapesConfig(cfg.image_size))[0]
     vq = vqgan.init_vqgan(cfg, seed=tcfg.seed)
     optimizer = optax.scale_by_adam(*tcfg.adam_betas)  # Adam's direction; train_step scales it by the learning rate
     opt_state = optimizer.init(eqx.filter(vq, eqx.is_inexact_array))
-    budget = 60 * tcfg.minutes if tcfg.minutes else math.inf  # seconds
     rng = np.random.default_rng(tcfg.seed)
     used = np.zeros(cfg.codebook_size, bool)
     bar = tqdm(range(tcfg.steps), desc="vqgan")
     for step in bar:
-        done = max(step / tcfg.steps, (time.perf_counter() - start) / budget)  # share of the run behind us
-        if done >= 1:
-            print(f"stopping at step {step}: the {tcfg.minutes}-minute budget is spent")
-            break
-        # the cosine follows steps or the clock, whichever is further on, so a timed run still ends at lr 0
+        done = step / tcfg.steps  # share of the run behind us
         lr = tcfg.lr * min(1, (step + 1) / tcfg.warmup) * (1 + math.cos(math.pi * done)) / 2
         batch = images[rng.integers(len(images), size=tcfg.batch_size)]
         vq, opt_state, loss, (mse, ids, latents) = train_step(optimizer, vq, opt_state, batch, jnp.float32(lr),
@@ -194,10 +186,8 @@ def main():
     parser.add_argument("--out", default="runs/shapes/vqgan.eqx",
                         help="where to write the tokenizer (train.py --out runs/shapes then uses it); the shipped "
                              "one pairs with checkpoints/shapes/upgen.eqx, so do not overwrite it")
-    for name, help in [("steps", "optimizer steps"), ("seed", "seed of the weights and training pictures"),
-                       ("minutes", "wall-clock budget: training (and its learning-rate decay) ends at this or at "
-                                   "--steps, whichever comes first; 0 for no budget")]:
-        config.flag(parser, VQGANTrainConfig(), name, help)
+    for name in ("steps", "seed"):
+        config.flag(parser, VQGANTrainConfig(), name)
     parser.add_argument("--eval-only", action="store_true", help="only evaluate the tokenizer at --out")
     parser.add_argument("--held-out", type=int, default=500, help="held-out pictures to evaluate on")
     args = parser.parse_args()

@@ -70,29 +70,6 @@ def test_bad_settings_are_one_line_errors(shipped, tmp_path):
         assert message.startswith("error: ") and says in message and "\n" not in message
 
 
-def test_the_validation_loss_is_the_cross_entropy_of_fixed_masked_tokens_of_held_out_pairs():
-    cfg = upgen.UPGenConfig(image_codes=16, image_tokens=16, text_vocab=20, text_tokens=6, width=32, depth=1,
-                            heads=2, mlp=64)
-    model = upgen.UPGen(cfg, key=jax.random.key(0))
-    rng = np.random.default_rng(0)
-    rows = np.concatenate([rng.integers(0, 16, (40, 16)), rng.integers(2, 20, (40, 6))], axis=1).astype(np.uint16)
-    rows[::3, -2:] = 0  # some captions end in PAD, which is never hidden
-    tokens, masked = evaluate.validation_masks(rows, cfg)
-    real = np.arange(22) < np.where(np.arange(40) % 3 == 0, 20, 22)[:, None]
-    ratios = np.array(evaluate.VALIDATION_RATIOS)
-    assert np.array_equal(masked[:, :16].sum(1), (ratios[np.arange(40) % 4] * 16).astype(int))
-    assert np.array_equal(masked[:, 16:].sum(1), np.ceil(ratios[np.arange(40) // 4 % 4] * (real.sum(1) - 16)))
-    assert not (masked & ~real).any() and np.array_equal(masked, evaluate.validation_masks(rows, cfg)[1])
-    log_p = np.asarray(jax.nn.log_softmax(jax.vmap(model)(np.where(masked, cfg.mask_id, tokens)), axis=-1))
-    ce = {"image": [], "text": []}  # token by token, straight from the model's logits
-    for t, m, lp in zip(tokens, masked, log_p):
-        for i in np.flatnonzero(m):
-            ce["image" if i < 16 else "text"].append(-lp[i, t[i]])
-    figures = evaluate.validation_loss(model, rows, batch=16)  # 40 rows: the last batch is padded
-    assert figures["val_image_loss"] == pytest.approx(np.mean(ce["image"]), rel=1e-5)
-    assert figures["val_text_loss"] == pytest.approx(np.mean(ce["text"]), rel=1e-5)
-
-
 def test_the_nearest_pictures_reader_reads_held_out_pictures_above_chance(shipped, tmp_path):
     import shards
     from PIL import Image

@@ -302,7 +302,7 @@ def test_cli_odd_prompts_still_give_pictures_and_a_note(ckpt, tmp_path, capsys, 
         drawn_text = sample.tokenizer_ids(model.cfg, states[-1, :, TINY.image_tokens:])
         captions = [tokenizer.decode(ids) for ids in drawn_text]
         assert printed.strip().splitlines()[1:] == captions
-    drawn = pictures.from_tokens(vq, states[-1], model.cfg)  # (4, 16, 16, 3)
+    drawn = sample.from_tokens(vq, states[-1], model.cfg)  # (4, 16, 16, 3)
     for i, picture in enumerate(drawn):
         assert np.array_equal(grid[1:17, 18 * i + 1:18 * i + 17], picture)
 

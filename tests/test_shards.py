@@ -4,6 +4,7 @@ import errno
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -95,6 +96,48 @@ def test_a_killed_tokenisation_restarts_into_identical_shards(straight, eight_ta
     with pytest.raises(ValueError, match="did not finish"):
         shards.open_shards(tmp_path, tiny_vqgan)
     tokenise(eight_tars, tiny_vqgan, tmp_path)
+    assert contents(tmp_path) == straight
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_tokenising_stops_at_a_shard_boundary_and_the_rerun_writes_identical_shards(
+        sig, straight, eight_tars, tiny_vqgan, tmp_path):
+    command = [sys.executable, str(ROOT / "shards.py"), "--images", eight_tars, "--vqgan", tiny_vqgan,
+               "--out", str(tmp_path), "--chunk", str(CFG.chunk)]
+    proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    manifest = tmp_path / "manifest-0of1.json"
+    while proc.poll() is None and not (manifest.exists() and json.loads(manifest.read_text())["shards"]):
+        time.sleep(0.005)
+    proc.send_signal(sig)  # as soon as the first shard is done: half-way through the second
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, "it finished before the signal came"
+    stopped = json.loads(manifest.read_text())
+    assert not stopped["complete"] and 1 <= len(stopped["shards"]) < 8
+    assert sorted(p.name for p in tmp_path.glob("*.npy")) == sorted(  # every shard written is listed, and whole
+        name for s in stopped["shards"] for name in (s["file"], s["held_out_file"]["file"]))
+    assert signal.Signals(sig).name in out.strip().splitlines()[-1]
+    tokenise(eight_tars, tiny_vqgan, tmp_path)
+    assert contents(tmp_path) == straight
+
+
+def test_a_damaged_shard_is_named_and_tokenised_again(straight, eight_tars, tiny_vqgan, tmp_path):
+    for name, payload in straight.items():
+        (tmp_path / name).write_bytes(payload)
+    truncated, flipped = tmp_path / "images-00002.npy", tmp_path / "images-00005.npy"
+    truncated.write_bytes(truncated.read_bytes()[:-40])  # a copy cut short
+    damaged = bytearray(flipped.read_bytes())
+    damaged[-1] ^= 0xFF  # a bad sector: same size, one byte changed
+    flipped.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="images-00002.npy is damaged") as e:
+        shards.open_shards(tmp_path, tiny_vqgan)
+    assert "\n" not in str(e.value)
+    logs = []
+    shards.tokenise(eight_tars, tiny_vqgan, tmp_path, CFG, log=logs.append)  # sizes and headers: the truncated one
+    assert [line.split(" is damaged")[0] for line in logs if "is damaged" in line] == [f"token shard {truncated}"]
+    assert contents(tmp_path) != straight
+    shards.tokenise(eight_tars, tiny_vqgan, tmp_path, CFG, log=logs.append, verify=True)  # every byte: the other
+    assert f"token shard {flipped} is damaged (its sha256 differs): tokenising its input file again" in logs
     assert contents(tmp_path) == straight
 
 
