@@ -1,18 +1,16 @@
-"""Benchmarks: the train step against a reference step, the token shards, the compiled decode, captioning, a pod plan.
+"""Benchmarks: the train step against a reference step, the token shards, a pod plan.
 
     python bench.py                          # train step tokens/s and MFU: laptop config, then a larger one
     python bench.py --peak-flops 989e12      # MFU against a given peak (an H100's dense bf16)
     python bench.py --shards                 # peak memory, pictures/s and data-loading cost at 20,000 and 200,000
     python bench.py --grid                   # the train step against the reference over depth, width, batch
-    python bench.py --decode                 # sample.generate's T-step decode against T single forward passes
-    python bench.py --caption --n 2          # image->text against text->image at the paper's 256 + 64 tokens
     python bench.py --plan --peak-flops 61.5e12   # the paper's ViT-L run on 512 TPUv3 cores: memory, FLOPs, hours
 
 The reference step is the same encoder written the usual way: a dict of arrays, batched (B, L, D) matmuls,
 layers in a Python loop, a Bernoulli mask, cross-entropy at masked positions, optax.adamw, one jax.jit donating
 parameters and optimizer state.
 Every comparison runs both sides in this process, alternating for ROUNDS rounds, and prints the median, so a
-ratio does not depend on what else the machine does. Read first: train.py, shards.py, sample.py.
+ratio does not depend on what else the machine does. Read first: train.py, shards.py.
 """
 import argparse
 import dataclasses
@@ -35,7 +33,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import cluster
 import config
-import sample
 import shards
 import train
 import upgen
@@ -262,38 +259,6 @@ def bench_shards(n, folder, vq_path, steps=50):
 # The decode: T compiled steps against T separate forward passes
 
 
-def bench_decode(ckpt, n, steps):
-    """sample.generate's compiled T-step decode of n text -> image samples against T single forward passes."""
-    model, _ = upgen.load_upgen(Path(ckpt) / "upgen.eqx")
-    cfg, seqs, key = sample.DecodeConfig(steps=steps), sample.inputs(model.cfg, n), jax.random.key(0)
-    forward = eqx.filter_jit(sample.model_logits)
-    decode = lambda state, i: sample.generate(model, seqs, cfg, key=jax.random.fold_in(key, i))  # noqa: E731
-    passes = lambda state, i: [forward(model, seqs) for _ in range(cfg.steps)]  # noqa: E731
-    _, times = alternate([decode, passes], [None, None], ROUNDS, 3)
-    loop, single = np.median(times, axis=1)
-    print(f"batch {n}, {cfg.steps} steps on {jax.devices()[0].platform}: compiled decode {loop * 1e3:.0f} ms, "
-          f"{cfg.steps} single forward passes {single * 1e3:.0f} ms, ratio {1 / ratio(times):.2f} (median of "
-          f"{ROUNDS} rounds)")
-
-
-def bench_caption(n=2, steps=sample.DecodeConfig.steps):
-    """sample.write_text (image->text) against sample.generate (text->image, no guidance) at the paper's 256 image
-    + 64 text tokens, on a small random model (width 64, 2 blocks), batch n: the ratio of their times."""
-    mcfg = upgen.UPGenConfig(image_codes=1024, image_tokens=256, text_vocab=320, text_tokens=64, width=64, depth=2,
-                             mlp=256)
-    model, dcfg = upgen.UPGen(mcfg, key=jax.random.key(0)), sample.DecodeConfig(steps=steps)
-    pictures = jax.random.randint(jax.random.key(1), (n, mcfg.image_tokens), 0, mcfg.image_codes)
-    prompts = sample.inputs(mcfg, n, text=jnp.full(mcfg.text_tokens, 5).at[12:].set(0))  # 12 words, then PAD
-    prior = jnp.zeros(mcfg.text_tokens)  # any prior: write_text decodes CAPTION_LENGTHS lengths whatever it holds
-    draw = lambda state, i: sample.generate(model, prompts, dcfg, key=jax.random.key(i))  # noqa: E731
-    caption = lambda state, i: sample.write_text(model, pictures, prior, dcfg, key=jax.random.key(i))  # noqa: E731
-    _, times = alternate([draw, caption], [None, None], ROUNDS, 2)
-    drawing, captioning = np.median(times, axis=1)
-    print(f"256 + 64 tokens, batch {n}, {steps} steps: text->image {drawing:.2f} s, image->text {captioning:.2f} s "
-          f"({sample.CAPTION_LENGTHS} caption lengths), ratio {ratio(times):.2f} (median of {ROUNDS} rounds)")
-    return ratio(times)
-
-
 # ---------------------------------------------------------------------------------------------------
 # The run costed ahead: train.train_step compiled from shapes alone, for the pod's rows per device
 
@@ -397,7 +362,6 @@ def main(argv=None):
                                                         f"--shards); --plan: the run's steps (default {PLAN_STEPS:,})")
     p.add_argument("--peak-flops", type=float, default=0.0, help="peak FLOP/s of one device, for MFU (default: a "
                                                                  "measured matmul; e.g. 989e12 for an H100's bf16)")
-    p.add_argument("--caption", action="store_true", help="time image->text against text->image at 256 + 64 tokens")
     g = p.add_argument_group("--plan: the train step compiled ahead for a pod, from shapes alone")
     g.add_argument("--plan", action="store_true", help="per-device memory and FLOPs of the step, and the run's hours")
     g.add_argument("--plan-here", action="store_true", help="what --plan runs in a subprocess with fake devices")
@@ -416,10 +380,6 @@ def main(argv=None):
     p.add_argument("--out", default="", help="--shards-one's folder")
     p.add_argument("--vqgan", default=str(vqgan_train.SHAPES_VQGAN), help="--shards: the image tokenizer")
     p.add_argument("--grid", action="store_true", help="the train step against the reference over bench.GRID's shapes")
-    p.add_argument("--decode", action="store_true", help="time the compiled decode against single forward passes")
-    p.add_argument("--ckpt", default="checkpoints/shapes", help="--decode: folder holding upgen.eqx")
-    p.add_argument("--n", type=int, default=4, help="--decode, --caption: samples in the batch")
-    p.add_argument("--decode-steps", type=int, default=sample.DecodeConfig.steps, help="--decode: decoding steps T")
     args = p.parse_args(argv)
     try:
         if args.shards:
@@ -433,10 +393,6 @@ def main(argv=None):
             bench_shards(args.shards_one, args.out, args.vqgan, args.steps or 50)
         elif args.grid:
             bench_grid(ROUNDS, max(1, (args.steps or 10) // ROUNDS))
-        elif args.decode:
-            bench_decode(args.ckpt, args.n, args.decode_steps)
-        elif args.caption:
-            bench_caption(args.n)
         elif args.plan or args.plan_here:
             run_plan(args, argv if argv is not None else sys.argv[1:])
         else:

@@ -1,6 +1,7 @@
 """A run on many devices and hosts: the 'data' mesh and the arrays placed on it, joining the other hosts, one run per
 folder, and a signal that stops every host at the same step. train.py holds these around its loop; nothing here
 knows the model.
+Read next: resume.py.
 """
 import contextlib
 import fcntl

@@ -3,7 +3,7 @@ running a jitted function over many rows of an array in fixed-size batches.
 
 The text tokenizer is vocab.py, checkpoint files checkpoint.py, settings config.py.
 
-The built-in shapes world lives in shapes.py. Read next: vqgan.py (pictures -> tokens), then upgen.py.
+The built-in shapes world lives in shapes.py. The method starts in vocab.py.
 """
 
 import glob

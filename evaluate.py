@@ -12,6 +12,7 @@ each picture is given the caption the model finds likeliest: zero-shot classific
     python evaluate.py --ckpt runs/mine     # a run on your own pictures: its held-out pairs (below)
 
 Sections: the shapes world, any folder's held-out pairs, the command line.
+Read next: probe.py.
 """
 import argparse
 import itertools

@@ -1,6 +1,7 @@
 """A run's record in its folder: train.log, the lines it printed; metrics.jsonl, the figures of every log point;
 curves.png, drawn anew from them with pillow at every point: the losses (training, and validation of image and
 caption tokens) and the accuracies of masked tokens, against steps. A resumed run's points replace those it redoes.
+Read next: evaluate.py.
 """
 import json
 import time

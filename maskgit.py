@@ -4,6 +4,7 @@ names onto the VQGAN's arrays, and every name and shape is checked.
 
     python maskgit.py --maskgit-count     # the 256x256 config's size vs MaskGIT's checkpoint
     python maskgit.py --from-maskgit tokenizer_imagenet256_checkpoint --out imagenet_vqgan.eqx   # convert
+Read next: vqgan_train.py.
 """
 import argparse
 import math

@@ -9,6 +9,7 @@ initialised model of the same config and on raw pixels, printed beside it, shows
     python probe.py --folder pets/ --layer -1    # your own images, one subfolder per class
 
 Read upgen.py (the model) and train.py (how checkpoints/shapes is made) first.
+Read next: bench.py.
 """
 import argparse
 import sys

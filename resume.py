@@ -3,6 +3,7 @@
 A run's states are out/state_<step>.eqx (train.save_state). --resume loads the newest one that reads back whole,
 naming any newer one it skips and why; a temporary file left by a killed save is removed, as no other process
 writes states into a folder that the run has locked (cluster.run_lock).
+Read next: logbook.py.
 """
 from pathlib import Path
 

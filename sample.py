@@ -9,6 +9,7 @@ pictures and captions, and text-guided inpainting, all from one model.
 
 The decoder (first section) knows nothing about the model: it takes a tokens -> logits function. Read upgen.py
 first for the sequence layout [image tokens | text tokens]; evaluate.py measures every mode on the shapes world.
+Read next: train.py, the step and the loop.
 """
 import argparse
 import math

@@ -17,6 +17,7 @@ any picture, which is how evaluate.py (`python evaluate.py`) scores every sampli
 
     python shapes.py --show 8     # write shapes.png with 8 examples and print their captions
     python shapes.py --bench      # time rendering 10,000 examples on one core
+Read next: maskgit.py.
 """
 import argparse
 import re

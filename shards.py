@@ -13,6 +13,7 @@ a killed run restarts at the first shard not listed and writes the same bytes.
 
 train.py calls the last part of this file: the run's data (DataConfig, prepare: its image tokenizer, then its
 shards) and each step's batch drawn from them (local_batch).
+Read next: cluster.py.
 """
 import argparse
 import hashlib

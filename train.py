@@ -8,7 +8,7 @@
 One jitted step holds the objective (upgen.loss_fn), its gradient, clipping and AdamW. Each device gets a slice of
 the batch on a 'data' mesh axis; parameters and optimizer state are replicated. Around the loop: the data (its
 image tokenizer and the token shards each batch is drawn from, shards.py), the cluster (cluster.py), --resume's
-rules (resume.py) and the run's record (logbook.py). Read next: the files around the method, in the README's order.
+rules (resume.py) and the run's record (logbook.py). Read next: the files around the method, from shapes.py.
 """
 import argparse
 import dataclasses

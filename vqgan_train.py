@@ -7,7 +7,7 @@ differences that keeps outlines sharp; codes that go unused are restarted on the
 The evaluation renders held-out pictures; `pytest -m slow` checks that the default run reaches PSNR >= 30 dB,
 at least 25% of the codes used and at most 1% of 2000 held-out pictures misread (tests/test_vqgan_train.py).
 Its last part chooses a run's image tokenizer for train.py (image_tokenizer): the one given, the shipped shapes
-tokenizer, or one trained here on the run's own pictures. Read next: upgen.py, the transformer that models these tokens.
+tokenizer, or one trained here on the run's own pictures. Read next: shards.py.
 """
 import argparse
 import math

@@ -55,7 +55,7 @@ def worker(out, devices, processes, process, port, vq_path, tars, accum):
     cfg = upgen.UPGenConfig(image_codes=16, image_tokens=16, text_vocab=tokenizer.vocab_size, text_tokens=10,
                             width=16, depth=2, heads=2, mlp=32)
     tcfg = train.TrainConfig(batch=32, lr=1e-2, warmup=1, steps=10, accum=accum)
-    counts = shards.kind_counts(tcfg.batch // HOSTS, tcfg.mix)
+    counts = shards.kind_counts(tcfg.batch // HOSTS, shards.DataConfig().mix)
 
     trainer = train.make_trainer(tcfg)
     params = cluster.replicate(train.init_state(cfg, trainer.optimizer, key=jax.random.key(1)), trainer.mesh)
@@ -290,7 +290,7 @@ def test_two_processes_joined_by_the_command_line_train_like_one(tmp_path, tiny_
     tcfg, mcfg = train.TrainConfig(**header["train"]), saved.model.cfg
     trainer = train.make_trainer(tcfg)
     corpora = [shards.open_shards(tmp_path / "run" / "shards", tiny_vqgan_16, p, 2)[1:] for p in (0, 1)]
-    counts = shards.kind_counts(tcfg.batch // 2, tcfg.mix)
+    counts = shards.kind_counts(tcfg.batch // 2, header["data"]["mix"])
     params = train.init_state(mcfg, trainer.optimizer, key=jax.random.split(jax.random.key(tcfg.seed))[0])
     for step in range(3):
         rows = [shards.local_batch(c, step, counts, mcfg, seed=tcfg.seed, process=p) for p, c in enumerate(corpora)]
