@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-PANELS = [("loss", ["loss", "val_image_loss", "val_text_loss"]), ("accuracy", ["image_acc", "text_acc"])]
+PANELS = [("loss", ["loss", "val_image_loss", "val_text_loss"]), ("accuracy", ["image_acc", "text_acc"])]  # 0 to 1
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44)]
 W, H, MARGIN = 640, 240, 48  # one panel's pixels, and its left and bottom margin for the labels
 
@@ -54,7 +54,7 @@ def draw(points: list[dict], path: Path):
     for i, (title, names) in enumerate(PANELS):
         top, series = i * H, [(n, [(p["step"], p[n]) for p in points if n in p]) for n in names]
         values = [v for _, s in series for _, v in s] or [0.0]
-        y0, y1 = min(values), max(max(values), min(values) + 1e-6)
+        y0, y1 = (0.0, 1.0) if title == "accuracy" else (min(values), max(max(values), min(values) + 1e-6))
         px = lambda s: MARGIN + (s - x0) / (x1 - x0) * (W - MARGIN - 10)  # noqa: E731
         py = lambda v: top + 20 + (y1 - v) / (y1 - y0) * (H - MARGIN - 20)  # noqa: E731
         pen.rectangle([MARGIN, top + 20, W - 10, top + H - MARGIN], outline="grey")
