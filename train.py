@@ -5,10 +5,9 @@
     python train.py --resume                        # continue the run in --out where it stopped
     python train.py --tpu ...                       # on every host of a TPU pod slice
 
-One jitted step holds the objective (upgen.loss_fn), its gradient, clipping and AdamW. Each device gets a slice of
-the batch on a 'data' mesh axis; parameters and optimizer state are replicated. Around the loop: the data (its
-image tokenizer and the token shards each batch is drawn from, shards.py), the cluster (cluster.py), --resume's
-rules (resume.py) and the run's record (logbook.py). Read next: the files around the method, from shapes.py.
+One jitted step holds the objective (upgen.loss_fn), its gradient, clipping and AdamW; each device gets a slice of
+the batch on a 'data' mesh axis, parameters and optimizer state are replicated. Around the loop: the data
+(shards.py), the cluster (cluster.py), --resume (resume.py), the run's record (logbook.py). Read next: shapes.py.
 """
 import argparse
 import dataclasses
@@ -224,7 +223,8 @@ def train_loop(state: State, tcfg: TrainConfig, run: RunConfig, batch_at, held_o
                 figures["tok/s"] = len(pending) * rows[0].size * jax.process_count() / (time.perf_counter() - since)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in figures.items()})
                 log(f"step {step} lr {lr:.2e} " + " ".join(f"{k} {float(v):.4g}" for k, v in figures.items()))
-                logbook.record(out, step, figures) if process == 0 else None
+                if process == 0:
+                    logbook.record(out, step, figures)
                 pending, since = [], time.perf_counter()
             if at_save and run.keep and process == 0:
                 save(State(model, opt_state, step))
@@ -332,7 +332,8 @@ def main(argv=None):
                 raise ValueError(f"--batch {tcfg.batch} must be a multiple of the {jax.device_count()} devices")
             return train(tcfg, run, dcfg, settings, log, saved)
     except (ValueError, OSError, jax.errors.JaxRuntimeError) as e:
-        cluster.explain(e, ccfg) if ccfg else None
+        if ccfg:
+            cluster.explain(e, ccfg)
         sys.exit(f"error: {str(e).splitlines()[0] if str(e).strip() else type(e).__name__}")
 
 
