@@ -74,9 +74,9 @@ class RunConfig:
     samples: int = 8                  # pictures drawn at the end from held-out captions (0 = none)
 
     def __post_init__(self):
-        config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
-                            ("save_every", "log_every")] + [
-            (name, getattr(self, name) >= 0, "must be at least 0") for name in ("stop_after", "keep", "samples")])
+        config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in ("save_every",
+                            "log_every")] + [(name, getattr(self, name) >= 0, "must be at least 0") for name in
+                                             ("stop_after", "keep", "samples")])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -208,9 +208,7 @@ def train_loop(state: State, tcfg: TrainConfig, run: RunConfig, batch_at, held_o
     bar = tqdm(initial=step, total=tcfg.steps, disable=process != 0, desc="train")
     with cluster.stop_signals() as stopping:
         while step < stop and not signalled:
-            rows = batch_at(step)
-            lr = learning_rate(step, tcfg)
-            batch = cluster.global_batch(trainer.mesh, *rows)
+            lr, batch = learning_rate(step, tcfg), cluster.global_batch(trainer.mesh, *batch_at(step))
             (model, opt_state), loss, metrics = train_step((model, opt_state), batch, jnp.float32(lr),
                                                            jax.random.fold_in(train_key, step), trainer)
             pending.append((loss, metrics))
@@ -220,7 +218,7 @@ def train_loop(state: State, tcfg: TrainConfig, run: RunConfig, batch_at, held_o
             if step % run.log_every == 0 or at_save:
                 figures = interval_figures(pending, out, step)
                 figures.update(validation_loss(cluster.local_copy(model), held_out) if len(held_out) else {})
-                figures["tok/s"] = len(pending) * rows[0].size * jax.process_count() / (time.perf_counter() - since)
+                figures["tok/s"] = len(pending) * batch[0].size / (time.perf_counter() - since)  # all hosts
                 bar.set_postfix({k: f"{v:.3g}" for k, v in figures.items()})
                 log(f"step {step} lr {lr:.2e} " + " ".join(f"{k} {float(v):.4g}" for k, v in figures.items()))
                 if process == 0:
