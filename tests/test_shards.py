@@ -99,7 +99,7 @@ def test_a_killed_tokenisation_restarts_into_identical_shards(straight, eight_ta
     assert contents(tmp_path) == straight
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_signal_while_tokenising_stops_at_a_shard_boundary_and_the_rerun_writes_identical_shards(
         sig, straight, eight_tars, tiny_vqgan, tmp_path):
     command = [sys.executable, str(ROOT / "shards.py"), "--images", eight_tars, "--vqgan", tiny_vqgan,

@@ -303,6 +303,7 @@ def test_two_processes_joined_by_the_command_line_train_like_one(tmp_path, tiny_
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_dead_peer_stops_the_other_process_with_one_line(tmp_path, tiny_vqgan_16, shapes_tars):
     with socket.socket() as s:
         s.bind(("localhost", 0))
