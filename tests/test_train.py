@@ -309,7 +309,8 @@ def test_a_dead_peer_stops_the_other_process_with_one_line(tmp_path, tiny_vqgan_
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     flags = ("--images", ",".join(map(str, shapes_tars)), "--steps", "100000", "--text-tokens", "10",
-             "--log-every", "1", "--distributed", "--coordinator", f"localhost:{port}", "--processes", "2", "--peer-timeout", "10")
+             "--log-every", "1", "--distributed", "--coordinator", f"localhost:{port}", "--processes", "2",
+             "--peer-timeout", "10")
     outputs = [tmp_path / f"process{i}.out" for i in (0, 1)]
     procs = [start_train(tmp_path / "run", tiny_vqgan_16, *flags, "--process-id", str(i), output=open(outputs[i], "wb"))
              for i in (0, 1)]
