@@ -67,7 +67,6 @@ def local_copy(tree):
     return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
 
 
-
 def join(ccfg: ClusterConfig):
     """--tpu or --distributed: jax.distributed.initialize(), before anything else touches JAX."""
     if not (ccfg.tpu or ccfg.distributed):

@@ -25,7 +25,7 @@ def start(out: Path, resume: bool, load, log):
     """-> the newest readable state of out as load(path) gives it, with resume; None for a fresh run. Raises a
     one-line error for a fresh run into a folder of states, or --resume with no state that reads back."""
     for stale in out.glob("state_*.eqx.*.tmp"):  # a save killed mid-write; the lock says no live process owns it
-        stale.unlink()
+        stale.unlink(missing_ok=True)  # every host of a run looks; one removes it
         log(f"removed {stale.name}, left by a save that was killed")
     files = state_files(out)
     if not resume:

@@ -146,9 +146,10 @@ def encode_file(vq, tokenizer, file, cfg: ShardsConfig, pool, bar):
 
 
 def written(folder: Path, name: str, array) -> dict:
-    """Saves array as folder/name atomically -> its manifest entry: the file, its size and its sha256."""
+    """Saves array as folder/name atomically -> its manifest entry: the file, its rows, size and sha256."""
     checkpoint.write_atomically(folder / name, lambda f: np.save(f, array))
-    return {"file": name, "bytes": (folder / name).stat().st_size, "sha256": file_hash(folder / name)}
+    return {"file": name, "rows": len(array), "bytes": (folder / name).stat().st_size,
+            "sha256": file_hash(folder / name)}
 
 
 def damage(folder: Path, entry: dict, verify: bool) -> str:
@@ -163,7 +164,7 @@ def damage(folder: Path, entry: dict, verify: bool) -> str:
         rows = len(np.load(path, mmap_mode="r"))
     except (ValueError, OSError, EOFError) as e:
         return f"unreadable ({str(e)[:80]})"
-    if rows != entry.get("rows", rows):
+    if rows != entry["rows"]:
         return f"{rows} rows, {entry['rows']} written"
     return "its sha256 differs" if verify and file_hash(path) != entry["sha256"] else ""
 
@@ -250,16 +251,15 @@ def tokenise(source, vq_path, folder, cfg=ShardsConfig(), *, text="", process=0,
             cluster.caught_signals() as received:
         for i in mine:
             rows, held, lengths, skipped = encode_file(vq, tokenizer, files[i], cfg, pool, bar)
-            held_out_file = {**written(folder, f"held-out-{i:05d}.npy", held), "rows": len(held)}
-            manifest["shards"].append({**written(folder, f"images-{i:05d}.npy", rows), "rows": len(rows),
+            held_out_file = written(folder, f"held-out-{i:05d}.npy", held)
+            manifest["shards"].append({**written(folder, f"images-{i:05d}.npy", rows),
                                        "held_out_file": held_out_file, "input": data.describe(files[i]),
                                        "examples": len(rows), "held_out": len(held), "caption_lengths": lengths,
                                        "skipped": skipped})
             stop_at_boundary(path, manifest, received, log)
         for i, group in mine_texts:  # every process reads all the lines, and tokenises its own shard_size at a time
             ids = np.stack([tokenizer.encode(line) for line in group]).astype(np.uint16)  # (n, text_tokens)
-            manifest["text_shards"].append({**written(folder, f"text-{i:05d}.npy", ids), "rows": len(ids),
-                                            "examples": len(ids)})
+            manifest["text_shards"].append({**written(folder, f"text-{i:05d}.npy", ids), "examples": len(ids)})
             stop_at_boundary(path, manifest, received, log)
     for listed in (manifest["shards"], manifest["text_shards"]):
         listed.sort(key=lambda shard: shard["file"])  # those tokenised again take their places back
@@ -285,7 +285,9 @@ def open_shards(folder, vq_path, process=0, processes=1):
     if manifest["vqgan_sha256"] != file_hash(vq_path):
         raise ValueError(f"{folder} was tokenised with another VQGAN than {vq_path} (sha256 differs): refusing to mix "
                          "their codes; tokenise again into another folder")
-    for entry, why in damaged(Path(folder), manifest, verify=False)[:1]:
+    bad = damaged(Path(folder), manifest, verify=False)
+    if bad:
+        entry, why = bad[0]
         raise ValueError(f"token shard {Path(folder) / entry['file']} is damaged ({why}): the command that tokenised "
                          f"{folder} (python train.py or python shards.py, the same flags) tokenises its input again")
     images = [np.load(Path(folder) / s["file"], mmap_mode="r") for s in manifest["shards"] if s["examples"]]
