@@ -1,10 +1,21 @@
-"""Fixtures shared by the test files: tiny untrained image tokenizers, shapes pictures in WebDataset .tar shards."""
+"""What the test files share: tiny untrained image tokenizers, shapes pictures in .tar shards, an XLA compile cache."""
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# One XLA compilation cache for the session, set before any test imports jax: the many `python train.py` subprocesses
+# compile the same tiny programs, and each reuses what an earlier one compiled (a third less CPU time in test_train).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="upgen-tests-xla-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 def untrained_vqgan(path, image_size, levels, codebook_size):
