@@ -148,9 +148,9 @@ def accumulated_grad(model, batch, trainer: Trainer, *, key):
 
 
 @eqx.filter_jit
-def init_state(mcfg, optimizer, *, key):
-    """A fresh model and its optimizer state."""
-    model = upgen.UPGen(mcfg, key=key)
+def init_state(mcfg, optimizer, *, key, codebook=None):
+    """A fresh model (its image codes' rows from the tokenizer's codebook, when given) and its optimizer state."""
+    model = upgen.UPGen(mcfg, key=key, codebook=codebook)
     return model, optimizer.init(eqx.filter(model, eqx.is_inexact_array))
 
 
@@ -249,7 +249,8 @@ def train(tcfg: TrainConfig, run: RunConfig, dcfg: shards.DataConfig, settings: 
     folder = Path(dcfg.shards or out / "shards")
     if saved is None:
         mcfg = upgen.model_config(settings, vq.cfg, tokenizer)
-        model, opt_state = init_state(mcfg, make_optimizer(tcfg), key=jax.random.split(jax.random.key(tcfg.seed))[0])
+        model, opt_state = init_state(mcfg, make_optimizer(tcfg), key=jax.random.split(jax.random.key(tcfg.seed))[0],
+                                      codebook=vq.quantizer.codebook)
         state = State(model, opt_state, 0)
     elif vocab.tokenizer_from_header(saved[0]["tokenizer"]).words != tokenizer.words:
         raise ValueError(f"the shards in {folder} have another vocabulary than the saved run's")

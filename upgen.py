@@ -216,8 +216,12 @@ class UPGen(eqx.Module):
     head: eqx.nn.Linear
     cfg: UPGenConfig = eqx.field(static=True)
 
-    def __init__(self, cfg: UPGenConfig, *, key):
-        embed_key, modality_key, blocks_key, head_key = jax.random.split(key, 4)
+    def __init__(self, cfg: UPGenConfig, *, key, codebook=None):
+        """codebook: the image tokenizer's code vectors (image_codes, d), or None. When given, image codes that the
+        tokenizer puts close together start close together, as inputs and as outputs: their embedding and head rows
+        begin as one random projection of the codebook, so what the model learns of one code carries to its
+        neighbours from the first step (train.py passes it; docs/experiments.md, 2026-12-07)."""
+        embed_key, modality_key, blocks_key, head_key, projection_key = jax.random.split(key, 5)
         self.embed = eqx.nn.Embedding(cfg.vocab_size, cfg.width, key=embed_key)
         self.modality = jax.random.normal(modality_key, (2, cfg.width))
         # Stacked blocks: one set of arrays with a leading `depth` axis (one entry per kind of array in a checkpoint).
@@ -226,6 +230,14 @@ class UPGen(eqx.Module):
         self.norm = eqx.nn.LayerNorm(cfg.width)
         self.head = eqx.nn.Linear(cfg.width, cfg.vocab_size, key=head_key)
         self.cfg = cfg
+        if codebook is not None:
+            codes = (codebook - codebook.mean(0)) / (codebook.std(0) + 1e-6)  # (K, d), each feature of unit variance
+            rows = codes @ jax.random.normal(projection_key, (codes.shape[1], cfg.width)) / math.sqrt(codes.shape[1])
+            K = cfg.image_codes  # rows (K, width) of unit variance, like the embedding's own; a little noise kept
+            embed = self.embed.weight.at[:K].set(0.9 * rows + 0.44 * self.embed.weight[:K])
+            self.embed = eqx.nn.Embedding(weight=embed)
+            head = self.head.weight.at[:K].set(rows / math.sqrt(cfg.width))
+            self.head = eqx.tree_at(lambda h: h.weight, self.head, head)
 
     def __call__(self, tokens, *, hidden=False, remat=False):
         """tokens int32 (L,) -> logits float32 (L, V); with hidden=True also the residual stream after

@@ -276,6 +276,7 @@ def test_two_processes_joined_by_the_command_line_train_like_one(tmp_path, tiny_
     import shards
     import train
     import upgen
+    import vqgan
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
@@ -290,7 +291,8 @@ def test_two_processes_joined_by_the_command_line_train_like_one(tmp_path, tiny_
     trainer = train.make_trainer(tcfg)
     corpora = [shards.open_shards(tmp_path / "run" / "shards", tiny_vqgan_16, p, 2)[1:] for p in (0, 1)]
     counts = shards.kind_counts(tcfg.batch // 2, header["data"]["mix"])
-    params = train.init_state(mcfg, trainer.optimizer, key=jax.random.split(jax.random.key(tcfg.seed))[0])
+    params = train.init_state(mcfg, trainer.optimizer, key=jax.random.split(jax.random.key(tcfg.seed))[0],
+                              codebook=vqgan.load_vqgan(tiny_vqgan_16).quantizer.codebook)
     for step in range(3):
         rows = [shards.local_batch(c, step, counts, mcfg, seed=tcfg.seed, process=p) for p, c in enumerate(corpora)]
         batch = cluster.global_batch(trainer.mesh, *(np.concatenate(x) for x in zip(*rows)))

@@ -139,6 +139,21 @@ def test_with_all_weights_1_the_loss_is_plain_masked_cross_entropy():
     assert 0 <= metrics["image_acc"] <= 1 and 0 <= metrics["text_acc"] <= 1
 
 
+def test_image_codes_the_tokenizer_puts_close_together_start_close_together():
+    codebook = jax.random.normal(jax.random.key(0), (TINY.image_codes, 8))
+    codebook = codebook.at[1].set(codebook[0] + 0.01)  # code 1 is all but code 0; the others lie apart
+    plain = upgen.UPGen(TINY, key=jax.random.key(1))
+    model = upgen.UPGen(TINY, key=jax.random.key(1), codebook=codebook)
+    cosine = lambda a, b: float(a @ b / jnp.linalg.norm(a) / jnp.linalg.norm(b))  # noqa: E731
+    for rows in (model.embed.weight, model.head.weight):  # as inputs and as outputs
+        assert cosine(rows[0], rows[1]) > 0.7
+        assert max(abs(cosine(rows[0], rows[k])) for k in range(2, TINY.image_codes)) < cosine(rows[0], rows[1])
+    for name in ("embed", "head"):  # the words' rows and everything else start as without a codebook
+        np.testing.assert_array_equal(getattr(model, name).weight[TINY.image_codes:],
+                                      getattr(plain, name).weight[TINY.image_codes:])
+    assert np.allclose(model.embed.weight[:TINY.image_codes].std(), plain.embed.weight.std(), rtol=0.3)
+
+
 def test_the_model_knows_where_each_token_is():
     # Without position embeddings a transformer is permutation-equivariant: swapping two input tokens
     # would just swap their outputs. The sinusoidal embeddings break that.
