@@ -249,9 +249,8 @@ def train(tcfg: TrainConfig, run: RunConfig, dcfg: shards.DataConfig, settings: 
     folder = Path(dcfg.shards or out / "shards")
     if saved is None:
         mcfg = upgen.model_config(settings, vq.cfg, tokenizer)
-        model, opt_state = init_state(mcfg, make_optimizer(tcfg), key=jax.random.split(jax.random.key(tcfg.seed))[0],
-                                      codebook=vq.quantizer.codebook)
-        state = State(model, opt_state, 0)
+        state = State(*init_state(mcfg, make_optimizer(tcfg), key=jax.random.split(jax.random.key(tcfg.seed))[0],
+                                  codebook=vq.quantizer.codebook), 0)
     elif vocab.tokenizer_from_header(saved[0]["tokenizer"]).words != tokenizer.words:
         raise ValueError(f"the shards in {folder} have another vocabulary than the saved run's")
     else:
