@@ -148,7 +148,7 @@ def test_image_codes_the_tokenizer_puts_close_together_start_close_together():
     for rows in (model.embed.weight, model.head.weight):  # as inputs and as outputs
         assert cosine(rows[0], rows[1]) > 0.7
         assert max(abs(cosine(rows[0], rows[k])) for k in range(2, TINY.image_codes)) < cosine(rows[0], rows[1])
-    for name in ("embed", "head"):  # the words' rows and everything else start as without a codebook
+    for name in ("embed", "head"):  # the rows of the words start as they would without a codebook
         np.testing.assert_array_equal(getattr(model, name).weight[TINY.image_codes:],
                                       getattr(plain, name).weight[TINY.image_codes:])
     assert np.allclose(model.embed.weight[:TINY.image_codes].std(), plain.embed.weight.std(), rtol=0.3)
