@@ -44,6 +44,7 @@ import vqgan
 
 @dataclass(frozen=True)
 class ShapesEvalConfig:
+    prompts: int = 180  # canonical prompts drawn (text->image): all 180 descriptions, or that many chosen at random
     captioned: int = 100  # fresh pictures captioned (image->text)
     unconditional: int = 500  # unconditional (picture, caption) pairs drawn
     inpainted: int = 200  # fresh inpainting tasks
@@ -51,7 +52,9 @@ class ShapesEvalConfig:
 
     def __post_init__(self):
         config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
-                            ("captioned", "unconditional", "inpainted")] + [("batch", self.batch >= 8, "must be >= 8")])
+                            ("prompts", "captioned", "unconditional", "inpainted")] + [
+            ("prompts", self.prompts <= len(DESCRIPTIONS), f"must be at most the {len(DESCRIPTIONS)} descriptions"),
+            ("batch", self.batch >= 8, "must be >= 8")])
 
 
 CAPTION_SEED, INPAINT_SEED = 20261125, 20261126  # fresh pictures: no training run uses these seeds
@@ -89,13 +92,15 @@ def draw(vq, mcfg, f, x, batch, *, key):
     return finals, [shapes.read_picture(p) for p in sample.from_tokens(vq, finals, mcfg)]
 
 
-def text_to_image(model, tokenizer, vq, dcfg, batch, *, key):
-    """-> share of the 180 canonical prompts drawn with all four attributes right."""
-    texts = np.stack([tokenizer.encode(shapes.canonical_caption(labels)) for labels in DESCRIPTIONS])
-    prompts = sample.inputs(model.cfg, len(DESCRIPTIONS), text=texts)  # (180, L)
+def text_to_image(model, tokenizer, vq, dcfg, n, batch, *, key):
+    """-> share of n of the 180 canonical prompts (all of them, or n chosen by a fixed seed) drawn with all four
+    attributes right."""
+    chosen = [DESCRIPTIONS[i] for i in sorted(np.random.default_rng(0).permutation(len(DESCRIPTIONS))[:n])]
+    texts = np.stack([tokenizer.encode(shapes.canonical_caption(labels)) for labels in chosen])
+    prompts = sample.inputs(model.cfg, n, text=texts)  # (n, L)
     drawn = lambda seqs, k: sample.generate(model, seqs, dcfg, sample.TEXT_GUIDANCE, key=k)  # noqa: E731
     _, read = draw(vq, model.cfg, drawn, prompts, batch, key=key)
-    return float(np.mean([r == labels for r, labels in zip(read, DESCRIPTIONS)]))
+    return float(np.mean([r == labels for r, labels in zip(read, chosen)]))
 
 
 def image_to_text(model, tokenizer, vq, dcfg, n, batch, *, key):
@@ -141,7 +146,7 @@ def shapes_eval(model, tokenizer, vq, dcfg, *, key, ecfg=ShapesEvalConfig()):
     """Every sampling mode on the shapes world -> its figures: shares in [0, 1], counts, an example, seconds."""
     start = time.perf_counter()
     t2i_key, i2t_key, uncond_key = jax.random.split(key, 3)
-    figures = {"text->image": text_to_image(model, tokenizer, vq, dcfg, ecfg.batch, key=t2i_key)}
+    figures = {"text->image": text_to_image(model, tokenizer, vq, dcfg, ecfg.prompts, ecfg.batch, key=t2i_key)}
     # write_text decodes a caption at each of 3 lengths per picture: the pictures go in smaller batches
     figures["image->text"], figures["example caption"] = image_to_text(
         model, tokenizer, vq, dcfg, ecfg.captioned, ecfg.batch // 8, key=i2t_key)
@@ -155,8 +160,8 @@ def shapes_eval(model, tokenizer, vq, dcfg, *, key, ecfg=ShapesEvalConfig()):
 
 def print_shapes_eval(f, ecfg=ShapesEvalConfig()):
     """Prints shapes_eval's figures f, one line per mode."""
-    print(f"text->image: {f['text->image']:.1%} of the {len(DESCRIPTIONS)} canonical prompts drawn with all four "
-          "attributes right")
+    print(f"text->image: {f['text->image']:.1%} of {ecfg.prompts} canonical prompts drawn with all four attributes "
+          "right")
     print(f"image->text: {f['image->text']:.1%} of captions of {ecfg.captioned} fresh pictures name all four "
           f"attributes (e.g. {f['example caption']!r})")
     print(f"unconditional: {f['unconditional valid']:.1%} of {ecfg.unconditional} pictures valid, "
@@ -296,7 +301,8 @@ def main(argv=None):
     p.add_argument("--ckpt", default="checkpoints/shapes", help="folder with upgen.eqx and vqgan.eqx")
     p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same figures")
     sample.decode_flags(p)
-    for name, help in [("captioned", "fresh pictures to caption (image->text)"),
+    for name, help in [("prompts", f"canonical prompts to draw (text->image), at most the {len(DESCRIPTIONS)}"),
+                       ("captioned", "fresh pictures to caption (image->text)"),
                        ("unconditional", "unconditional (picture, caption) pairs to draw"),
                        ("inpainted", "fresh inpainting tasks")]:
         config.flag(p, ShapesEvalConfig(), name, help)

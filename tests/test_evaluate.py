@@ -14,7 +14,7 @@ import upgen
 import vqgan
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes"
-SMALL = evaluate.ShapesEvalConfig(captioned=4, unconditional=8, inpainted=4, batch=64)
+SMALL = evaluate.ShapesEvalConfig(prompts=45, captioned=4, unconditional=8, inpainted=4, batch=64)
 SHARES = ("text->image", "image->text", "unconditional valid", "unconditional match", "inpainting",
           "inpainting right", "kept tokens", "kept pixels")
 
@@ -40,7 +40,7 @@ def shipped():
 def test_the_shipped_model_draws_and_captions_the_shapes_world(shipped):
     figures = evaluate.shapes_eval(*shipped, sample.DecodeConfig(), key=jax.random.key(0), ecfg=SMALL)
     assert all(0 <= figures[name] <= 1 for name in SHARES)
-    assert figures["text->image"] > 0.9  # of the 180 canonical prompts
+    assert figures["text->image"] > 0.9  # of 45 of the 180 canonical prompts
     assert figures["image->text"] >= 0.75 and shapes.parse_caption(figures["example caption"]) is not None
     assert figures["unconditional valid"] >= 0.75 and 1 <= figures["unconditional descriptions"] <= 8
     assert figures["kept tokens"] == 1.0  # inpainting never changes a kept token
@@ -53,16 +53,18 @@ def test_a_random_model_scores_nothing_and_the_command_line_prints_every_mode(sh
                             width=32, depth=1, heads=2, mlp=64)
     upgen.save_upgen(tmp_path / "upgen.eqx", upgen.UPGen(cfg, key=jax.random.key(1)), tokenizer)
     vqgan.save_vqgan(tmp_path / "vqgan.eqx", vq)
-    figures = evaluate.main(["--ckpt", str(tmp_path), "--steps", "4", "--captioned", "2", "--unconditional", "4",
-                             "--inpainted", "2"])
+    figures = evaluate.main(["--ckpt", str(tmp_path), "--steps", "4", "--prompts", "10", "--captioned", "2",
+                             "--unconditional", "4", "--inpainted", "2"])
     assert figures["text->image"] < 0.05 and figures["image->text"] == 0 and figures["inpainting"] == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["text->image", "image->text", "unconditional", "inpainting"]
-    assert "of 2 fresh pictures" in lines[1] and "of 4 pictures valid" in lines[2] and "of 2 fresh" in lines[3]
+    assert "of 10 canonical prompts" in lines[0] and "of 2 fresh pictures" in lines[1]
+    assert "of 4 pictures valid" in lines[2] and "of 2 fresh" in lines[3]
 
 
 def test_bad_settings_are_one_line_errors(shipped, tmp_path):
-    for argv, says in ((["--captioned", "0"], "at least 1"), (["--temperature", "-1"], "temperature"),
+    for argv, says in ((["--captioned", "0"], "at least 1"), (["--prompts", "181"], "at most the 180"),
+                       (["--temperature", "-1"], "temperature"),
                        (["--ckpt", str(tmp_path)], "python train.py")):
         with pytest.raises(SystemExit) as exit:
             evaluate.main(argv)
