@@ -340,6 +340,8 @@ class DataConfig:
     #                             0.7 0.15 0.15 with a --text corpus; on shapes alone they cost steps)
     vqgan: str = ""             # image tokenizer (default: the shapes one, or one trained on your --images)
     vqgan_codes: int = 32       # codes of the image tokenizer trained on --images when no --vqgan is given
+    vqgan_size: int = 32        # side in pixels of the pictures that tokenizer reads: 32 gives a 4x4 grid of tokens,
+    #                             64 an 8x8 grid for pictures whose detail 32 pixels lose (a step costs ~2.3x)
     vqgan_pictures: int = 5000  # pictures of --images that tokenizer trains on, a tenth held out
     vqgan_steps: int = 5000     # steps of that tokenizer's training (~4 minutes on 2 cores)
     shards: str = ""            # token shards, tokenised into first when missing ("" = OUT/shards)
@@ -350,6 +352,7 @@ class DataConfig:
         object.__setattr__(self, "mix", tuple(self.mix))  # argparse and JSON give a list
         config.check(self, [(name, getattr(self, name) >= 1, "must be at least 1") for name in
                             ("shapes", "vqgan_codes", "vqgan_pictures", "vqgan_steps")] + [
+            ("vqgan_size", self.vqgan_size >= 8 and self.vqgan_size % 8 == 0, "must be a multiple of 8 pixels"),
             ("mix", len(self.mix) == 3 and min(self.mix) >= 0 and sum(self.mix) > 0, "must be 3 shares >= 0, not 0"),
             ("text", not self.text or self.mix[2] > 0, "needs a text-only share in --mix, e.g. --mix 0.7 0.15 0.15")])
 
@@ -359,9 +362,9 @@ def prepare(dcfg: DataConfig, out: Path, text_tokens: int, seed: int, log, *, pr
     memory-mapped: the image tokenizer vqgan_train.image_tokenizer chooses, then the shards in dcfg.shards, which
     each process tokenises first where they lack its own input files. The shapes world (no images) takes the same
     path as any dataset: dcfg.shapes examples rendered into out/shapes/ as .tar shards, then tokenised."""
-    vq, vq_path = vqgan_train.image_tokenizer(out, dcfg.vqgan, dcfg.images, vqgan.VQGANConfig(
-        codebook_size=dcfg.vqgan_codes), vqgan_train.VQGANTrainConfig(steps=dcfg.vqgan_steps,
-                                                                      train_pictures=dcfg.vqgan_pictures), log)
+    vq_cfg = vqgan.VQGANConfig(image_size=dcfg.vqgan_size, codebook_size=dcfg.vqgan_codes)
+    vq_tcfg = vqgan_train.VQGANTrainConfig(steps=dcfg.vqgan_steps, train_pictures=dcfg.vqgan_pictures)
+    vq, vq_path = vqgan_train.image_tokenizer(out, dcfg.vqgan, dcfg.images, vq_cfg, vq_tcfg, log)
     cfg, source, folder = ShardsConfig(text_tokens=text_tokens), dcfg.images, Path(dcfg.shards or out / "shards")
     if not source:
         tars = render_shapes(out / "shapes", dcfg.shapes, seed, cfg, process=process, processes=processes)

@@ -39,11 +39,12 @@ import vocab
 
 VALIDATION_PAIRS = 128  # held-out pairs of the validation loss: the compute of ~1.3 steps, ~3% of 50 steps
 VALIDATION_SEED = 20261203  # the same tokens hidden at every log point, so the points of a run compare
+FOLDER_STEPS = 12000  # --steps of a run on --images: a folder's words and pictures take longer than the shapes world's
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 5000                 # optimizer steps of the whole run; the learning rate decays over them
+    steps: int = 5000                 # optimizer steps (12000 with --images); the learning rate decays over them
     batch: int = 32                   # global batch (all devices, all hosts)
     lr: float = 3e-3                  # peak learning rate, reached after warmup, cosine-decayed to lr/10
     warmup: int = 50                  # linear warmup steps
@@ -125,8 +126,7 @@ def train_step(params, batch, lr, key, trainer: Trainer):
 def accumulated_grad(model, batch, trainer: Trainer, *, key):
     """upgen.loss_fn and its gradient, averaged over trainer.accum micro-batches of B / accum rows in a lax.scan:
     micro-batch i is rows i, i + accum, ... and is masked with fold_in(key, i) -> ((loss, metrics), grads)."""
-    tokens, kinds = batch
-    accum, mesh = trainer.accum, trainer.mesh
+    (tokens, kinds), accum, mesh = batch, trainer.accum, trainer.mesh
     if (tokens.shape[0] // accum) % mesh.size:
         raise ValueError(f"--batch {tokens.shape[0]} over --accum {accum} micro-batches is {tokens.shape[0] // accum} "
                          f"rows, which must be a multiple of the {mesh.size} devices")
@@ -307,7 +307,8 @@ def parse(argv):
     given = {k for k, v in vars(p.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args))))).items()
              if v is not None}  # argparse leaves a flag's default unset when the namespace holds it already
     paper = upgen.PAPER_OBJECTIVE if args.paper_objective else {}
-    return {**vars(args), **paper}, given | set(paper)
+    folder = {"steps": FOLDER_STEPS} if args.images and "steps" not in given else {}
+    return {**vars(args), **folder, **paper}, given | set(paper)
 
 
 def main(argv=None):

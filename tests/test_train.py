@@ -442,7 +442,8 @@ def test_user_pictures_train_a_tokenizer_of_their_own_and_report_its_psnr(tmp_pa
                              "--vqgan-steps", "200", "--vqgan-codes", "16", "--vqgan-pictures", "30"))
     log = (tmp_path / "run" / "train.log").read_text()
     assert "training one on 27 of your pictures" in log and "3 held-out pictures of yours at PSNR" in log
-    assert vqgan.load_vqgan(tmp_path / "run" / "vqgan.eqx").cfg.codebook_size == 16
+    vq_cfg = vqgan.load_vqgan(tmp_path / "run" / "vqgan.eqx").cfg
+    assert (vq_cfg.codebook_size, vq_cfg.image_size, vq_cfg.tokens_per_side) == (16, 32, 4)  # the folder's 4x4 grid
     assert (tmp_path / "run" / "upgen.eqx").exists()
 
 
@@ -456,7 +457,8 @@ def test_tpu_flag_without_tpus_exits_with_one_line():
 @pytest.mark.parametrize("flag, value", [("--batch", "0"), ("--steps", "0"), ("--lr", "0"), ("--accum", "3"),
                                          ("--log-every", "0"), ("--save-every", "0"), ("--stop-after", "-1"),
                                          ("--vqgan-codes", "0"), ("--vqgan-steps", "0"), ("--vqgan-pictures", "0"),
-                                         ("--coordinator", "localhost:1234"), ("--width", "102"), ("--heads", "3")])
+                                         ("--vqgan-size", "30"), ("--coordinator", "localhost:1234"),
+                                         ("--width", "102"), ("--heads", "3")])
 def test_settings_that_cannot_train_exit_with_one_line(tmp_path, flag, value, capsys):
     import train
     with pytest.raises(SystemExit) as exit:
@@ -517,6 +519,13 @@ def test_the_learning_rate_warms_up_in_steps_then_decays_to_a_tenth_at_the_last_
     rates = [train.learning_rate(step, tcfg) for step in range(111)]
     assert np.isclose(rates[0], 0.1, rtol=1e-3) and np.all(np.diff(rates[:10]) > 0) and np.all(np.diff(rates[9:]) < 0)
     assert np.isclose(rates[110], 0.1)
+
+
+def test_a_folder_run_defaults_to_the_folder_length_and_any_run_takes_the_steps_it_is_given():
+    import train
+    steps = lambda *flags: train.parse(list(flags))[0]["steps"]  # noqa: E731
+    assert steps() == train.TrainConfig().steps == 5000 and steps("--images", "DIR") == train.FOLDER_STEPS
+    assert steps("--images", "DIR", "--steps", "7") == 7 == steps("--steps", "7")
 
 
 if __name__ == "__main__":
