@@ -287,7 +287,7 @@ def train(tcfg: TrainConfig, run: RunConfig, dcfg: shards.DataConfig, settings: 
 # The command line: one flag per config field, its default the field's, its help the field's comment
 
 MODEL_FLAGS = ("width", "depth", "heads", "mlp", "text_tokens", "paired_text_weight", "unpaired_text_weight",
-               "compute_dtype")
+               "keep_whole", "compute_dtype")
 
 
 def parse(argv):

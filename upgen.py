@@ -43,6 +43,9 @@ class UPGenConfig:
     mask_modalities_apart: bool = True # paired examples draw one mask ratio for the picture and another for
     #                                    the caption, so that "whole picture hidden, caption in full view" (the
     #                                    start of text->image) and its mirror are seen far more often
+    keep_whole: float = 2 / 3          # share of paired examples that hide nothing of one side: half of them show
+    #                                    the whole caption (as text->image reads it), half the whole picture
+    #                                    (image->text); the rest hide some of both. Needs the ratios drawn apart
     # The paper's objective is PAPER_OBJECTIVE below; on small data and small models these defaults learn
     # text->image and image->text in minutes where the paper's do not (README, "Why the defaults differ").
 
@@ -54,7 +57,9 @@ class UPGenConfig:
             ("compute_dtype", self.compute_dtype in ("float32", "bfloat16"), "must be float32 or bfloat16")] + [
             (name, getattr(self, name) >= 0, "must be at least 0") for name in
             ("image_weight", "paired_text_weight", "unpaired_text_weight")] + [
-            ("text_mask_ratio", 0 < self.text_mask_ratio <= 1, "must be in (0, 1]")])
+            ("text_mask_ratio", 0 < self.text_mask_ratio <= 1, "must be in (0, 1]"),
+            ("keep_whole", 0 <= self.keep_whole <= 1, "must be in [0, 1]"),
+            ("keep_whole", self.mask_modalities_apart or self.keep_whole == 0, "must be 0 with one mask ratio")])
 
     @property
     def seq_len(self) -> int:
@@ -74,7 +79,7 @@ class UPGenConfig:
 
 
 # The paper's objective: one mask ratio for the whole sequence, caption tokens weigh 0.1, text-only 0.01.
-PAPER_OBJECTIVE = dict(mask_modalities_apart=False, paired_text_weight=0.1, unpaired_text_weight=0.01)
+PAPER_OBJECTIVE = dict(mask_modalities_apart=False, keep_whole=0.0, paired_text_weight=0.1, unpaired_text_weight=0.01)
 
 # The paper's model: ViT-Large over 16x16 MaskGIT VQGAN tokens. The text side is our assumption:
 # BERT's 30522-wordpiece vocabulary and 64 text tokens.
@@ -126,13 +131,19 @@ def choose(real, ratio, *, key):
 
 def mask_one(tokens, kind, cfg: UPGenConfig, *, key):
     """Chooses which real tokens of one sequence (L,) to hide; returns (inputs (L,), masked bool (L,))."""
-    image_ratio_key, text_ratio_key, image_key, text_key, fallback_key = jax.random.split(key, 5)
+    image_ratio_key, text_ratio_key, image_key, text_key, fallback_key, whole_key = jax.random.split(key, 6)
     real = tokens != cfg.pad_id                                              # (L,)
     is_image = jnp.arange(cfg.seq_len) < cfg.image_tokens                   # (L,)
     # Paired and image-only examples draw their ratio in (0, 1], so the model sees everything from
     # "fill in one token" to "generate from nothing"; text-only data uses BERT's fixed ratio.
     image_ratio = 1.0 - jax.random.uniform(image_ratio_key)                  # (0, 1]
     text_ratio = jnp.where(kind == TEXT_ONLY, cfg.text_mask_ratio, 1.0 - jax.random.uniform(text_ratio_key))
+    # cfg.keep_whole of paired examples hide nothing of one side, as text->image and image->text decode from it.
+    draw = jax.random.uniform(whole_key)
+    caption_whole = (kind == PAIRED) & (draw < cfg.keep_whole / 2)
+    picture_whole = (kind == PAIRED) & (draw >= cfg.keep_whole / 2) & (draw < cfg.keep_whole)
+    text_ratio = jnp.where(caption_whole, 0.0, text_ratio)
+    image_ratio = jnp.where(picture_whole, 0.0, image_ratio)
     if cfg.mask_modalities_apart:  # one ratio for the picture, another for its caption
         masked = (choose(real & is_image, image_ratio, key=image_key)
                   | choose(real & ~is_image, text_ratio, key=text_key))

@@ -53,7 +53,7 @@ def test_masking_modalities_apart_draws_independent_ratios_for_picture_and_capti
     tokens, kinds = random_sequences(TINY, [PAIRED] * n, [TINY.text_tokens] * n)
     hidden = {}
     for apart in (False, True):
-        cfg = dataclasses.replace(TINY, mask_modalities_apart=apart)
+        cfg = dataclasses.replace(TINY, mask_modalities_apart=apart, keep_whole=0.0)
         masked = np.asarray(upgen.mask_tokens(tokens, kinds, cfg, key=jax.random.key(5))[1])
         hidden[apart] = masked[:, :TINY.image_tokens].mean(1), masked[:, TINY.image_tokens:].mean(1)
     image, text = hidden[True]
@@ -63,6 +63,23 @@ def test_masking_modalities_apart_draws_independent_ratios_for_picture_and_capti
     # The start of text->image (whole picture hidden, caption untouched) is seen in training:
     start = lambda image, text: np.mean((image == 1) & (text == 0))
     assert start(*hidden[True]) > 0.003 and start(*hidden[False]) < 0.0005  # about 1/16 * 1/12 and 1e-5
+
+
+def test_a_share_of_paired_examples_shows_the_whole_caption_or_the_whole_picture():
+    n = 6000
+    kinds = [PAIRED, IMAGE_ONLY, TEXT_ONLY] * (n // 3)
+    tokens, kinds = random_sequences(TINY, kinds, [TINY.text_tokens] * n)
+    masked = np.asarray(upgen.mask_tokens(tokens, kinds, TINY, key=jax.random.key(6))[1])
+    image, text = masked[:, :TINY.image_tokens].any(1), masked[:, TINY.image_tokens:].any(1)
+    paired = np.asarray(kinds) == PAIRED
+    # keep_whole 2/3: a third of paired examples hide no caption word, a third no picture token, a third draw both
+    # ratios, which hide no word of 6 1/12 of the time and no token of 8 1/16 (floor(ratio * n + uniform) is 0)
+    k = TINY.keep_whole
+    assert abs(np.mean(image[paired] & ~text[paired]) - (k / 2 + (1 - k) / 12)) < 0.035
+    assert abs(np.mean(text[paired] & ~image[paired]) - (k / 2 + (1 - k) / 16)) < 0.035
+    assert abs(np.mean(image[paired] & text[paired]) - (1 - k) * (11 / 12) * (15 / 16)) < 0.035
+    assert image[np.asarray(kinds) == IMAGE_ONLY].all()  # image-only and text-only examples draw as before
+    assert np.mean(masked[np.asarray(kinds) == TEXT_ONLY, TINY.image_tokens:]) < 0.3
 
 
 def test_unpaired_text_is_masked_at_15_percent():
@@ -77,7 +94,7 @@ def test_unpaired_text_is_masked_at_15_percent():
 
 @pytest.mark.parametrize("apart", [False, True])
 def test_pad_is_never_masked_and_every_example_has_a_masked_token(apart):
-    n, cfg = 600, dataclasses.replace(TINY, mask_modalities_apart=apart)
+    n, cfg = 600, dataclasses.replace(TINY, mask_modalities_apart=apart, keep_whole=2 / 3 if apart else 0.0)
     kinds = [PAIRED, IMAGE_ONLY, TEXT_ONLY] * (n // 3)
     lengths = np.random.default_rng(2).integers(1, TINY.text_tokens + 1, n)  # captions of 1..6 tokens
     tokens, kinds = random_sequences(TINY, kinds, lengths)
