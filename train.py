@@ -302,7 +302,7 @@ def parse(argv):
             config.flag(group, cfg, name, **{"mix": dict(metavar=("PAIRED", "IMAGE", "TEXT")),
                                              "compute_dtype": dict(choices=("float32", "bfloat16"))}.get(name, {}))
     p.add_argument("--paper-objective", action="store_true", help="the paper's exact objective: one mask ratio for "
-                   "picture and caption, text weights 0.1 and 0.01 (overrides the two weights above)")
+                   "picture and caption, text weights 0.1 and 0.01 (overrides --keep-whole and the two weights)")
     args = p.parse_args(argv)
     given = {k for k, v in vars(p.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args))))).items()
              if v is not None}  # argparse leaves a flag's default unset when the namespace holds it already
