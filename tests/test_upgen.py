@@ -71,15 +71,16 @@ def test_a_share_of_paired_examples_shows_the_whole_caption_or_the_whole_picture
     tokens, kinds = random_sequences(TINY, kinds, [TINY.text_tokens] * n)
     masked = np.asarray(upgen.mask_tokens(tokens, kinds, TINY, key=jax.random.key(6))[1])
     image, text = masked[:, :TINY.image_tokens].any(1), masked[:, TINY.image_tokens:].any(1)
-    paired = np.asarray(kinds) == PAIRED
+    kinds = np.asarray(kinds)
+    paired = kinds == PAIRED
     # keep_whole 2/3: a third of paired examples hide no caption word, a third no picture token, a third draw both
     # ratios, which hide no word of 6 1/12 of the time and no token of 8 1/16 (floor(ratio * n + uniform) is 0)
     k = TINY.keep_whole
     assert abs(np.mean(image[paired] & ~text[paired]) - (k / 2 + (1 - k) / 12)) < 0.035
     assert abs(np.mean(text[paired] & ~image[paired]) - (k / 2 + (1 - k) / 16)) < 0.035
     assert abs(np.mean(image[paired] & text[paired]) - (1 - k) * (11 / 12) * (15 / 16)) < 0.035
-    assert image[np.asarray(kinds) == IMAGE_ONLY].all()  # image-only and text-only examples draw as before
-    assert np.mean(masked[np.asarray(kinds) == TEXT_ONLY, TINY.image_tokens:]) < 0.3
+    assert image[kinds == IMAGE_ONLY].all()  # image-only and text-only examples draw as before
+    assert np.mean(masked[kinds == TEXT_ONLY, TINY.image_tokens:]) < 0.3
 
 
 def test_unpaired_text_is_masked_at_15_percent():
